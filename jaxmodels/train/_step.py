@@ -1,0 +1,239 @@
+"""The training chunk shared by `fit` and `sweep`: one pure function of one configuration.
+
+`fit` jits it; `sweep` vmaps it over configurations and then jits it. Keeping one
+definition is what makes a sweep's configuration equal to the same `fit` run.
+"""
+
+import collections
+import functools as ft
+import time
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from .._core import tree_allfinite, tree_where
+
+
+LossFn = Callable[..., Any]
+
+
+def loss_has_aux(loss: LossFn, model: PyTree, batch: PyTree, key: PRNGKeyArray) -> bool:
+    """Whether `loss(model, batch, key)` returns `(scalar, aux)` rather than a scalar.
+
+    Decided from shapes alone (`eqx.filter_eval_shape`), nothing is computed.
+
+    **Raises:** `ValueError` if the loss returns neither.
+    """
+    out = eqx.filter_eval_shape(loss, model, batch, key)
+    if isinstance(out, tuple) and len(out) == 2 and _is_scalar(out[0]):
+        return True
+    if _is_scalar(out):
+        return False
+    raise ValueError(
+        "`loss(model, batch, key)` must return a scalar or a pair (scalar, aux); got "
+        f"{out}."
+    )
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, jax.ShapeDtypeStruct) and x.shape == ()
+
+
+def batch_plan(n: int, batch_size: int | None) -> int:
+    """Steps per epoch: minibatches are drawn without replacement, last partial dropped."""
+    if batch_size is None:
+        return 1
+    return n // batch_size
+
+
+def train_chunk(
+    params: PyTree,
+    opt_state: PyTree,
+    data_key: PRNGKeyArray,
+    loss_key: PRNGKeyArray,
+    start: Int[Array, ""],
+    end: Int[Array, ""],
+    bad_step: Int[Array, ""],
+    data: PyTree,
+    hparams: PyTree,
+    *,
+    static: PyTree,
+    loss: LossFn,
+    has_aux: bool,
+    make_optim: Callable[[PyTree], optax.GradientTransformation],
+    length: int,
+    n: int,
+    batch_size: int | None,
+    batch_sharding: jax.sharding.Sharding | None,
+) -> tuple[PyTree, PyTree, Float[Array, " length"], Int[Array, ""]]:
+    """Run optimiser steps `start .. end - 1` (one configuration).
+
+    The scan has a fixed `length >= end - start`, and steps past `end` are skipped by a
+    `lax.cond`, so one compilation serves chunks of every size (the last, shorter one,
+    and those cut short by evaluation or checkpointing).
+
+    Minibatch `s` is slice `s mod E` of a permutation drawn from
+    `fold_in(data_key, s // E)` with `E` steps per epoch, and the loss key at step `s`
+    is `fold_in(loss_key, s)`: every step is a function of the absolute step number, so
+    a run cut into chunks anywhere (and resumed from a checkpoint) takes exactly the
+    same steps as an uncut one.
+
+    Once a step meets a non-finite loss or gradient, `bad_step` records it and later
+    steps leave the parameters and optimiser state untouched.
+
+    **Returns:** `(params, opt_state, losses, bad_step)`: `losses` has `length` entries,
+    of which the first `end - start` are meaningful; `bad_step` is -1 while every loss
+    has been finite.
+    """
+    optim = make_optim(hparams)
+    steps_per_epoch = batch_plan(n, batch_size)
+    if batch_size is not None:
+        # The permutations of every epoch this chunk touches, drawn once per chunk.
+        n_epochs = length // steps_per_epoch + 2
+        first_epoch = start // steps_per_epoch
+        epochs = first_epoch + jnp.arange(n_epochs)
+        perms = jax.vmap(lambda e: jr.permutation(jr.fold_in(data_key, e), n))(epochs)
+    else:
+        first_epoch = perms = None
+
+    def get_batch(s):
+        if batch_size is None:
+            return data
+        epoch, pos = s // steps_per_epoch, s % steps_per_epoch
+        perm = perms[epoch - first_epoch]
+        idx = lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+        batch = jtu.tree_map(lambda x: jnp.take(x, idx, axis=0), data)
+        if batch_sharding is not None:
+            batch = constrain(batch, batch_sharding)
+        return batch
+
+    def value(p, batch, key):
+        out = loss(eqx.combine(p, static), batch, key)
+        return out[0] if has_aux else out
+
+    def step(carry, s):
+        params, opt_state, bad = carry
+        batch = get_batch(s)
+        step_loss, grads = jax.value_and_grad(value)(
+            params, batch, jr.fold_in(loss_key, s)
+        )
+        updates, new_opt_state = optim.update(grads, opt_state, params)
+        new_params = eqx.apply_updates(params, updates)
+        finite = jnp.isfinite(step_loss) & tree_allfinite(grads)
+        take = finite & (bad < 0)
+        params = tree_where(take, new_params, params)
+        opt_state = tree_where(take, new_opt_state, opt_state)
+        bad = jnp.where((bad < 0) & ~finite, s, bad)
+        return (params, opt_state, bad), step_loss
+
+    def skip(carry, s):
+        return carry, jnp.zeros((), jnp.result_type(float))
+
+    def body(carry, s):
+        return lax.cond(s < end, step, skip, carry, s)
+
+    steps = start + jnp.arange(length)
+    (params, opt_state, bad_step), losses = lax.scan(
+        body, (params, opt_state, bad_step), steps
+    )
+    return params, opt_state, losses, bad_step
+
+
+def auto_mesh(n: int, name: str) -> jax.sharding.Mesh:
+    """A one-axis mesh named `name` over the first `n` devices, with an Auto axis."""
+    return jax.make_mesh(
+        (n,),
+        (name,),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=jax.devices()[:n],
+    )
+
+
+def constrain(tree: PyTree, sharding: jax.sharding.NamedSharding) -> PyTree:
+    """Shard `tree` inside a traced computation, on Auto or Explicit mesh axes alike."""
+    if all(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+        return jax.sharding.reshard(tree, sharding)
+    return lax.with_sharding_constraint(tree, sharding)
+
+
+def split_fit_key(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray]:
+    """`(data_key, loss_key)` from the key given to `fit`."""
+    data_key, loss_key = jr.split(key)
+    return data_key, loss_key
+
+
+def chunk_bounds(
+    start: int, steps: int, chunk: int, every: tuple[int | None, ...]
+) -> list[tuple[int, int]]:
+    """Cut `[start, steps)` into chunks of at most `chunk` steps.
+
+    Cuts fall at absolute multiples of `chunk` and of each period in `every` (evaluation,
+    checkpointing), so a run resumed from any checkpoint is cut exactly like an
+    uninterrupted one.
+    """
+    periods = [chunk] + [p for p in every if p]
+    bounds = []
+    s = start
+    while s < steps:
+        nxt = min([steps] + [(s // p + 1) * p for p in periods])
+        bounds.append((s, nxt))
+        s = nxt
+    return bounds
+
+
+_COMPILED: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_MAX_COMPILED = 32
+
+
+def compiled_call(
+    fn: Callable[..., Any],
+    static_kwargs: dict[str, Any],
+    args: tuple[Any, ...],
+    donate_argnums: tuple[int, ...] = (),
+) -> tuple[Any, float]:
+    """Call `jax.jit(fn)` on `args`, compiling ahead of time and timing the compilation.
+
+    Executables are kept (least recently used first out) by `fn`, the hashable
+    `static_kwargs` and the shapes, dtypes and shardings of `args`, so repeated `fit`
+    calls on the same problem compile once. Unhashable static arguments disable the
+    cache for that call.
+
+    **Returns:** `(output, compile_seconds)`; `compile_seconds` is 0 on a cache hit.
+    """
+    leaves, treedef = jtu.tree_flatten(args)
+    avals = tuple(
+        (jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None)) for x in leaves
+    )
+    key: Any = (
+        fn,
+        tuple(sorted(static_kwargs.items())),
+        treedef,
+        avals,
+        donate_argnums,
+    )
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    seconds = 0.0
+    if key is not None and key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        exe = _COMPILED[key]
+    else:
+        t0 = time.perf_counter()
+        jitted = jax.jit(ft.partial(fn, **static_kwargs), donate_argnums=donate_argnums)
+        exe = jitted.lower(*args).compile()
+        seconds = time.perf_counter() - t0
+        if key is not None:
+            _COMPILED[key] = exe
+            if len(_COMPILED) > _MAX_COMPILED:
+                _COMPILED.popitem(last=False)
+    return exe(*args), seconds

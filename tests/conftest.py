@@ -1,0 +1,14 @@
+import os
+from pathlib import Path
+
+import jax
+
+
+# A persistent compilation cache: on a machine that has run the suite before (CI runs
+# on the developer's machine), most XLA compilation is read back from disk.
+_CACHE = Path(
+    os.environ.get("JAXMODELS_TEST_CACHE", Path.home() / ".cache" / "jaxmodels-tests")
+)
+jax.config.update("jax_compilation_cache_dir", str(_CACHE / "xla"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_numpy_rank_promotion", "raise")
