@@ -1,0 +1,20 @@
+"""Synthetic data sets for experiments and tests.
+
+Every generator is a pure function of a PRNG key (`jax.random.key`) and Python-int
+sizes: the same arguments always give the same arrays, nothing is downloaded, and the
+generators compose with `jax.jit` (with the sizes static) and `jax.vmap` over keys. Each
+returns a tuple `(x, y)` of arrays with a leading sample axis.
+"""
+
+from ._classification import (
+    blobs as blobs,
+    two_moons as two_moons,
+    two_spirals as two_spirals,
+)
+from ._regression import regression_1d as regression_1d, regression_nd as regression_nd
+from ._sequence import (
+    copy_task as copy_task,
+    parity as parity,
+    sine_sequences as sine_sequences,
+)
+from ._split import standardise as standardise, train_test_split as train_test_split
