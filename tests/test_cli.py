@@ -1,0 +1,163 @@
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from jaxmodels.cli import main
+from jaxmodels.experiments import _registry, Experiment, Task
+
+
+def _tiny_experiment(name, target):
+    def setup(quick, key):
+        x = jnp.linspace(-1, 1, 32)[:, None]
+        y = 2 * x
+
+        def loss(model, batch, key):
+            xb, yb = batch
+            return jnp.mean((jax.vmap(model)(xb) - yb) ** 2)
+
+        return Task(
+            data=(x, y),
+            make_model=lambda h, k: eqx.nn.Linear(1, 1, key=k),
+            loss=loss,
+            make_optim=lambda h: optax.adam(h["lr"]),
+            hparams={"lr": 0.1, "width": 4},
+            steps=100 if quick else 200,
+            evaluate=lambda m: loss(m, (x, y), None),
+        )
+
+    return Experiment(
+        name=name,
+        family="testfamily",
+        description="a linear fit, for the CLI tests",
+        metric="mse",
+        target=target,
+        higher_is_better=False,
+        setup=setup,
+    )
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setitem(
+        _registry._REGISTRY, "tiny-pass", _tiny_experiment("tiny-pass", 1e-2)
+    )
+    monkeypatch.setitem(
+        _registry._REGISTRY, "tiny-fail", _tiny_experiment("tiny-fail", -1.0)
+    )
+
+
+def test_list(registry, capsys):
+    assert main(["list", "--family", "testfamily"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-pass" in out and "tiny-fail" in out and "selu" not in out
+
+
+def test_run_writes_metrics(registry, tmp_path, capsys):
+    assert (
+        main(["run", "tiny-pass", "--quick", "--out", str(tmp_path), "--seed", "2"])
+        == 0
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "experiment",
+        "family",
+        "metric",
+        "value",
+        "target",
+        "passed",
+        "seconds",
+        "compile_seconds",
+        "history",
+    ):
+        assert key in metrics
+    assert metrics["passed"] and metrics["value"] <= 1e-2 and metrics["seed"] == 2
+    assert len(metrics["history"]["loss"]) == 100
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    # --steps and --set reach the training.
+    assert (
+        main(
+            [
+                "run",
+                "tiny-pass",
+                "--steps",
+                "7",
+                "--set",
+                "lr=0.0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["history"]["loss"]) == 7 and metrics["hparams"]["lr"] == 0.0
+    assert len(set(metrics["history"]["loss"])) == 1  # lr 0: nothing moves
+
+
+def test_sweep_prints_table(registry, tmp_path, capsys):
+    code = main(
+        [
+            "sweep",
+            "tiny-pass",
+            "--seeds",
+            "2",
+            "--set",
+            "lr=0.01,0.1",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mse mean" in out and "4 trainings" in out
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [r["lr"] for r in rows] == [0.1, 0.01] and rows[0]["seeds"] == 2
+
+
+def test_tour_exit_status_and_json(registry, tmp_path, capsys):
+    path = tmp_path / "tour.json"
+    code = main(["tour", "--quick", "--family", "testfamily", "--json", str(path)])
+    assert code == 1  # tiny-fail misses its target
+    rows = {r["experiment"]: r for r in json.loads(path.read_text())}
+    assert rows["tiny-pass"]["passed"] and not rows["tiny-fail"]["passed"]
+    out = capsys.readouterr().out
+    assert "tiny-fail" in out and "False" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "required"),
+        (["frobnicate"], "invalid choice"),
+        (["run", "no-such-experiment"], "unknown experiment"),
+        (["run", "tiny-pass", "--set", "lr"], "NAME=VALUE"),
+        (["run", "tiny-pass", "--set", "lr=fast"], "not a number"),
+        (["run", "tiny-pass", "--set", "lr=1,2"], "one value"),
+        (["run", "tiny-pass", "--set", "depth=3"], "unknown hyperparameter"),
+        (["run", "tiny-pass", "--steps", "0"], "positive integer"),
+        (["sweep", "tiny-pass", "--set", "lr=1e-3,"], "empty value"),
+        (["sweep", "tiny-pass", "--seeds", "x"], "positive integer"),
+        (["tour", "--family", "nope"], "unknown family"),
+        (["list", "--family", "nope"], "unknown family"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(registry, capsys, argv, message):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxmodels: error:")
+    assert message in lines[0]
+
+
+@pytest.mark.slow
+def test_tour_quick_meets_every_target(tmp_path, capsys):
+    path = tmp_path / "tour.json"
+    code = main(["tour", "--quick", "--json", str(path)])
+    rows = json.loads(path.read_text())
+    failed = [r for r in rows if not r["passed"]]
+    assert code == 0 and not failed, failed
