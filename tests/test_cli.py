@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jaxmodels.cli import main
-from jaxmodels.experiments import _registry, Experiment, Task
+from jaxmodels.experiments import Experiment, Task, _registry
 
 
 def _tiny_experiment(name, target):

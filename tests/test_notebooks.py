@@ -1,0 +1,28 @@
+"""Every notebook in `notebooks/` runs top to bottom without an error (in small mode)."""
+
+from pathlib import Path
+
+import pytest
+
+
+_NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", _NOTEBOOKS, ids=[p.name for p in _NOTEBOOKS])
+def test_notebook_runs(path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    # The kernel inherits os.environ when it starts: small sizes, no display needed.
+    monkeypatch.setenv("JAXMODELS_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", (path.name, cell.source)
