@@ -19,7 +19,7 @@ from .._core import leading_size
 from ..train._step import (
     auto_mesh,
     chunk_bounds,
-    loss_has_aux,
+    chunk_length,
     split_fit_key,
     train_chunk,
 )
@@ -356,22 +356,6 @@ def _run_group(
         def loss_for(h):
             return loss
 
-    probe_batch = (
-        data if batch_size is None else jtu.tree_map(lambda x: x[:batch_size], data)
-    )
-    probe_model = jtu.tree_map(
-        lambda s: (
-            jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct) else s
-        ),
-        one_model,
-    )
-    has_aux = loss_has_aux(
-        loss_for({k: v[0] for k, v in h_arr.items()}),
-        probe_model,
-        probe_batch,
-        jr.key(0),
-    )
-
     def one_chunk(
         params, frozen, opt_state, dk, lk, start, end, bad, data, h, *, length
     ):
@@ -387,7 +371,6 @@ def _run_group(
             h,
             static=eqx.combine(frozen, pystatic),
             loss=loss_for(h),
-            has_aux=has_aux,
             make_optim=lambda h: make_optim(full_h(h)),
             length=length,
             n=n,
@@ -412,7 +395,7 @@ def _run_group(
         bad = jax.device_put(bad, cfg_sharding)
     compile_time = time.perf_counter() - t0
 
-    length = min(chunk, steps)
+    length = chunk_length(steps, chunk, ())
     fn = jax.vmap(
         ft.partial(one_chunk, length=length),
         in_axes=(0, 0, 0, 0, 0, None, None, 0, None, 0),
@@ -420,7 +403,7 @@ def _run_group(
     compiled = None
     hist = np.full((padded, steps), np.nan, dtype=np.float64)
     bar = tqdm(total=steps, disable=not progress, desc=label, unit="step")
-    for lo, hi in chunk_bounds(0, steps, chunk, ()):
+    for lo, hi in chunk_bounds(0, steps, length, ()):
         args = (params, frozen, opt_state, dks, lks, jnp.asarray(lo), jnp.asarray(hi))
         args = args + (bad, data, h_arr)
         if compiled is None:

@@ -20,8 +20,8 @@ from ._checkpoint import load_checkpoint, save_checkpoint
 from ._step import (
     auto_mesh,
     chunk_bounds,
+    chunk_length,
     compiled_call,
-    loss_has_aux,
     split_fit_key,
     train_chunk,
 )
@@ -180,8 +180,6 @@ def fit(
     (params, opt_state, data_key, loss_key), compile_time = compiled_call(
         _prepare, {"optim": optim}, (params, key)
     )
-    probe_batch = data if batch_size is None else _head(data, batch_size)
-    has_aux = loss_has_aux(loss, model, probe_batch, loss_key)
 
     history = np.full(steps, np.nan, dtype=np.float64)
     eval_steps: list[int] = []
@@ -205,9 +203,8 @@ def fit(
     chunk_kwargs = {
         "pystatic": pystatic,
         "loss": loss,
-        "has_aux": has_aux,
         "optim": optim,
-        "length": min(chunk, steps),
+        "length": chunk_length(steps, chunk, (eval_every, checkpoint_every)),
         "n": n,
         "batch_size": batch_size,
         "batch_sharding": batch_sharding,
@@ -243,15 +240,32 @@ def fit(
     bar = tqdm(total=steps, initial=start, disable=not progress, unit="step")
     result = RESULTS.successful
     taken = start
-    bounds = chunk_bounds(start, steps, chunk, (eval_every, checkpoint_every))
+    bounds = chunk_bounds(
+        start, steps, chunk_kwargs["length"], (eval_every, checkpoint_every)
+    )
     for lo, hi in bounds:
         t0 = time.perf_counter()
         bounds_arr = (np.int32(lo), np.int32(hi))
         args = (params, frozen, opt_state, data_key, loss_key, *bounds_arr, data)
-        (params, opt_state, losses, bad), seconds = compiled_call(
-            _fit_chunk, chunk_kwargs, args, donate_argnums=(0, 2)
-        )
-        compile_time += seconds
+        out = None
+        if hi - lo == chunk_kwargs["length"]:
+            # Unguarded, and not donated: the state before the chunk is kept, so a
+            # chunk that met a non-finite value can be replayed with the guard.
+            out, seconds = compiled_call(
+                _fit_chunk, chunk_kwargs | {"guarded": False}, args
+            )
+            compile_time += seconds
+            if int(out[3]) >= 0:
+                out = None
+        if out is None:
+            out, seconds = compiled_call(
+                _fit_chunk,
+                chunk_kwargs | {"guarded": True},
+                args,
+                donate_argnums=(0, 2),
+            )
+            compile_time += seconds
+        params, opt_state, losses, bad = out
         losses = np.asarray(losses)[: hi - lo]
         bad_step = int(bad)
         if bad_step >= 0:
