@@ -356,10 +356,6 @@ def default_mesh() -> jax.sharding.Mesh | None:
     return auto_mesh(jax.device_count(), "data")
 
 
-def _head(data: PyTree, k: int) -> PyTree:
-    return jtu.tree_map(lambda x: x[:k], data)
-
-
 def _stderr_isatty() -> bool:
     import sys
 
