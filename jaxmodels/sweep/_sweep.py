@@ -20,6 +20,7 @@ from ..train._step import (
     auto_mesh,
     chunk_bounds,
     chunk_length,
+    initial_permutation,
     split_fit_key,
     train_chunk,
 )
@@ -339,7 +340,8 @@ def _run_group(
         params, frozen = eqx.partition(arrays, eqx.is_inexact_array)
         opt_state = make_optim(full_h(h)).init(params)
         dk, lk = split_fit_key(fit_key)
-        return params, frozen, opt_state, jr.key_data(dk), jr.key_data(lk)
+        perm = initial_permutation(dk, 0, n, batch_size)
+        return params, frozen, opt_state, perm, jr.key_data(dk), jr.key_data(lk)
 
     # Only the non-array part of one model is needed as the shared static structure.
     one_model = eqx.filter_eval_shape(
@@ -357,11 +359,25 @@ def _run_group(
             return loss
 
     def one_chunk(
-        params, frozen, opt_state, dk, lk, start, end, bad, data, h, *, length
+        params,
+        frozen,
+        opt_state,
+        perm,
+        dk,
+        lk,
+        start,
+        end,
+        bad,
+        data,
+        h,
+        *,
+        length,
+        guarded,
     ):
         return train_chunk(
             params,
             opt_state,
+            perm,
             jr.wrap_key_data(dk),
             jr.wrap_key_data(lk),
             start,
@@ -376,6 +392,7 @@ def _run_group(
             n=n,
             batch_size=batch_size,
             batch_sharding=None,
+            guarded=guarded,
         )
 
     cfg_sharding = None
@@ -389,28 +406,46 @@ def _run_group(
 
     t0 = time.perf_counter()
     build_jit = jax.jit(jax.vmap(build, in_axes=(0, 0, None)))
-    params, frozen, opt_state, dks, lks = build_jit(h_arr, seeds, key)
+    params, frozen, opt_state, perm, dks, lks = build_jit(h_arr, seeds, key)
     bad = np.full((padded,), -1, dtype=np.int32)
     if cfg_sharding is not None:
         bad = jax.device_put(bad, cfg_sharding)
     compile_time = time.perf_counter() - t0
 
     length = chunk_length(steps, chunk, ())
-    fn = jax.vmap(
-        ft.partial(one_chunk, length=length),
-        in_axes=(0, 0, 0, 0, 0, None, None, 0, None, 0),
-    )
-    compiled = None
+    compiled = {}
+
+    def run(guarded, args):
+        nonlocal compile_time
+        if guarded not in compiled:
+            t1 = time.perf_counter()
+            fn = jax.vmap(
+                ft.partial(one_chunk, length=length, guarded=guarded),
+                in_axes=(0, 0, 0, 0, 0, 0, None, None, 0, None, 0),
+            )
+            # The unguarded chunk keeps its inputs, to replay them guarded if needed.
+            donate = (0, 2, 3) if guarded else ()
+            compiled[guarded] = (
+                jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            )
+            compile_time += time.perf_counter() - t1
+        return compiled[guarded](*args)
+
     hist = np.full((padded, steps), np.nan, dtype=np.float64)
     bar = tqdm(total=steps, disable=not progress, desc=label, unit="step")
+    any_bad = False
     for lo, hi in chunk_bounds(0, steps, length, ()):
-        args = (params, frozen, opt_state, dks, lks, jnp.asarray(lo), jnp.asarray(hi))
+        args = (params, frozen, opt_state, perm, dks, lks, np.int32(lo), np.int32(hi))
         args = args + (bad, data, h_arr)
-        if compiled is None:
-            t1 = time.perf_counter()
-            compiled = jax.jit(fn, donate_argnums=(0, 2)).lower(*args).compile()
-            compile_time += time.perf_counter() - t1
-        params, opt_state, losses, bad = compiled(*args)
+        out = None
+        if not any_bad and hi - lo == length:
+            out = run(False, args)
+            if np.any(np.asarray(out[4]) >= 0):
+                out = None
+        if out is None:
+            out = run(True, args)
+        params, opt_state, perm, losses, bad = out
+        any_bad = any_bad or bool(np.any(np.asarray(bad) >= 0))
         hist[:, lo:hi] = np.asarray(losses)[:, : hi - lo]
         bar.update(hi - lo)
     bar.close()

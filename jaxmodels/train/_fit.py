@@ -22,6 +22,7 @@ from ._step import (
     chunk_bounds,
     chunk_length,
     compiled_call,
+    initial_permutation,
     split_fit_key,
     train_chunk,
 )
@@ -237,6 +238,7 @@ def fit(
 
     if progress is None:
         progress = _stderr_isatty()
+    perm = initial_permutation(data_key, start, n, batch_size)
     bar = tqdm(total=steps, initial=start, disable=not progress, unit="step")
     result = RESULTS.successful
     taken = start
@@ -246,7 +248,7 @@ def fit(
     for lo, hi in bounds:
         t0 = time.perf_counter()
         bounds_arr = (np.int32(lo), np.int32(hi))
-        args = (params, frozen, opt_state, data_key, loss_key, *bounds_arr, data)
+        args = (params, frozen, opt_state, perm, data_key, loss_key, *bounds_arr, data)
         out = None
         if hi - lo == chunk_kwargs["length"]:
             # Unguarded, and not donated: the state before the chunk is kept, so a
@@ -255,17 +257,17 @@ def fit(
                 _fit_chunk, chunk_kwargs | {"guarded": False}, args
             )
             compile_time += seconds
-            if int(out[3]) >= 0:
+            if int(out[4]) >= 0:
                 out = None
         if out is None:
             out, seconds = compiled_call(
                 _fit_chunk,
                 chunk_kwargs | {"guarded": True},
                 args,
-                donate_argnums=(0, 2),
+                donate_argnums=(0, 2, 3),
             )
             compile_time += seconds
-        params, opt_state, losses, bad = out
+        params, opt_state, perm, losses, bad = out
         losses = np.asarray(losses)[: hi - lo]
         bad_step = int(bad)
         if bad_step >= 0:
@@ -323,6 +325,7 @@ def _fit_chunk(
     params,
     frozen,
     opt_state,
+    perm,
     data_key,
     loss_key,
     start,
@@ -336,6 +339,7 @@ def _fit_chunk(
     return train_chunk(
         params,
         opt_state,
+        perm,
         data_key,
         loss_key,
         start,

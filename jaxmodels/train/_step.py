@@ -52,6 +52,7 @@ def batch_plan(n: int, batch_size: int | None) -> int:
 def train_chunk(
     params: PyTree,
     opt_state: PyTree,
+    perm: Int[Array, " n"],
     data_key: PRNGKeyArray,
     loss_key: PRNGKeyArray,
     start: Int[Array, ""],
@@ -68,8 +69,16 @@ def train_chunk(
     batch_size: int | None,
     batch_sharding: jax.sharding.Sharding | None,
     guarded: bool = True,
-) -> tuple[PyTree, PyTree, Float[Array, " length"], Int[Array, ""]]:
+) -> tuple[PyTree, PyTree, Int[Array, " n"], Float[Array, " length"], Int[Array, ""]]:
     """Run optimiser steps `start .. end - 1` (one configuration).
+
+    Minibatch `s` is slice `s mod E` of the permutation `epoch_permutation(data_key,
+    s // E, n)`, with `E` steps per epoch, and the loss key at step `s` is
+    `fold_in(loss_key, s)`: every step is a function of the absolute step number, so a
+    run cut into chunks anywhere (and resumed from a checkpoint) takes exactly the
+    same steps as an uncut one. The current epoch's permutation `perm` is carried from
+    chunk to chunk and drawn once per epoch, at its first step (drawing one costs as
+    much as several steps of a small model).
 
     With `guarded=True` the scan has a fixed `length >= end - start`; steps past `end`
     leave the state untouched, and so does every step from the first one that meets a
@@ -80,75 +89,91 @@ def train_chunk(
     the step). The select of the guard costs about 40% of the step time of a small
     model on CPU, so `fit` runs unguarded and replays the rare chunk that went wrong.
 
-    Minibatch `s` is slice `s mod E` of a permutation drawn from
-    `fold_in(data_key, s // E)` with `E` steps per epoch, and the loss key at step `s`
-    is `fold_in(loss_key, s)`: every step is a function of the absolute step number, so
-    a run cut into chunks anywhere (and resumed from a checkpoint) takes exactly the
-    same steps as an uncut one.
-
-    **Returns:** `(params, opt_state, losses, bad_step)`: `losses` has `length` entries,
-    of which the first `end - start` are meaningful; `bad_step` is -1 while every loss
-    has been finite.
+    **Returns:** `(params, opt_state, perm, losses, bad_step)`: `losses` has `length`
+    entries, of which the first `end - start` are meaningful; `bad_step` is -1 while
+    every loss has been finite.
     """
     optim = make_optim(hparams)
     steps_per_epoch = batch_plan(n, batch_size)
-    if batch_size is not None:
-        # The permutations of every epoch this chunk touches, drawn once per chunk.
-        n_epochs = length // steps_per_epoch + 2
-        first_epoch = start // steps_per_epoch
-        epochs = first_epoch + jnp.arange(n_epochs)
-        perms = jax.vmap(lambda e: jr.permutation(jr.fold_in(data_key, e), n))(epochs)
-    else:
-        first_epoch = perms = None
 
-    def get_batch(s):
+    def get_batch(s, perm, active):
         if batch_size is None:
-            return data
-        epoch, pos = s // steps_per_epoch, s % steps_per_epoch
-        perm = perms[epoch - first_epoch]
+            return data, perm
+        pos = s % steps_per_epoch
+        perm = lax.cond(
+            (pos == 0) & active,
+            lambda: epoch_permutation(data_key, s // steps_per_epoch, n),
+            lambda: perm,
+        )
         idx = lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
         batch = jtu.tree_map(lambda x: jnp.take(x, idx, axis=0), data)
         if batch_sharding is not None:
             batch = constrain(batch, batch_sharding)
-        return batch
+        return batch, perm
 
     def value(p, batch, key):
         return loss_value(loss(eqx.combine(p, static), batch, key))
 
-    def step(params, opt_state, s):
-        batch = get_batch(s)
+    def step(params, opt_state, perm, s, active):
+        batch, perm = get_batch(s, perm, active)
         step_loss, grads = jax.value_and_grad(value)(
             params, batch, jr.fold_in(loss_key, s)
         )
         updates, new_opt_state = optim.update(grads, opt_state, params)
-        return step_loss, grads, eqx.apply_updates(params, updates), new_opt_state
+        new_params = eqx.apply_updates(params, updates)
+        return step_loss, grads, new_params, new_opt_state, perm
 
     steps = start + jnp.arange(length)
     if not guarded:
 
         def plain(carry, s):
-            step_loss, _, params, opt_state = step(*carry, s)
-            return (params, opt_state), step_loss
+            step_loss, _, params, opt_state, perm = step(*carry, s, True)
+            return (params, opt_state, perm), step_loss
 
-        (params, opt_state), losses = lax.scan(plain, (params, opt_state), steps)
+        carry, losses = lax.scan(plain, (params, opt_state, perm), steps)
+        params, opt_state, perm = carry
         finite = jnp.all(jnp.isfinite(losses)) & tree_allfinite(params)
-        return params, opt_state, losses, jnp.where(finite, bad_step, length)
+        return params, opt_state, perm, losses, jnp.where(finite, bad_step, length)
 
     def body(carry, s):
-        params, opt_state, bad = carry
-        step_loss, grads, new_params, new_opt_state = step(params, opt_state, s)
-        finite = jnp.isfinite(step_loss) & tree_allfinite(grads)
+        params, opt_state, perm, bad = carry
         active = s < end
+        step_loss, grads, new_params, new_opt_state, perm = step(
+            params, opt_state, perm, s, active
+        )
+        finite = jnp.isfinite(step_loss) & tree_allfinite(grads)
         take = finite & (bad < 0) & active
         params = tree_where(take, new_params, params)
         opt_state = tree_where(take, new_opt_state, opt_state)
         bad = jnp.where((bad < 0) & ~finite & active, s, bad)
-        return (params, opt_state, bad), step_loss
+        return (params, opt_state, perm, bad), step_loss
 
-    (params, opt_state, bad_step), losses = lax.scan(
-        body, (params, opt_state, bad_step), steps
-    )
-    return params, opt_state, losses, bad_step
+    carry, losses = lax.scan(body, (params, opt_state, perm, bad_step), steps)
+    params, opt_state, perm, bad_step = carry
+    return params, opt_state, perm, losses, bad_step
+
+
+def epoch_permutation(
+    data_key: PRNGKeyArray, epoch: Int[Array, ""] | int, n: int
+) -> Int[Array, " n"]:
+    """The order in which epoch `epoch` visits the `n` samples."""
+    return jr.permutation(jr.fold_in(data_key, epoch), n).astype(jnp.int32)
+
+
+def initial_permutation(
+    data_key: PRNGKeyArray, start: int, n: int, batch_size: int | None
+) -> Int[Array, " n"]:
+    """The permutation to carry into a run that starts at step `start`.
+
+    A run starting at an epoch boundary draws its own at the first step; one resumed
+    in the middle of an epoch needs that epoch's.
+    """
+    if batch_size is None:
+        return jnp.zeros((1,), jnp.int32)
+    spe = batch_plan(n, batch_size)
+    if start % spe == 0:
+        return jnp.zeros((n,), jnp.int32)
+    return jax.jit(epoch_permutation, static_argnums=2)(data_key, start // spe, n)
 
 
 def auto_mesh(n: int, name: str) -> jax.sharding.Mesh:
