@@ -1,3 +1,4 @@
+import collections
 import math
 import os
 import time
@@ -245,21 +246,48 @@ def fit(
     bounds = chunk_bounds(
         start, steps, chunk_kwargs["length"], (eval_every, checkpoint_every)
     )
-    for lo, hi in bounds:
-        t0 = time.perf_counter()
-        bounds_arr = (np.int32(lo), np.int32(hi))
-        args = (params, frozen, opt_state, perm, data_key, loss_key, *bounds_arr, data)
-        out = None
-        if hi - lo == chunk_kwargs["length"]:
-            # Unguarded, and not donated: the state before the chunk is kept, so a
-            # chunk that met a non-finite value can be replayed with the guard.
-            out, seconds = compiled_call(
-                _fit_chunk, chunk_kwargs | {"guarded": False}, args
+    length = chunk_kwargs["length"]
+
+    def needs_host(hi: int) -> bool:
+        return bool(
+            (eval_jit is not None and eval_every and hi % eval_every == 0)
+            or (
+                checkpoint is not None
+                and checkpoint_every
+                and hi % checkpoint_every == 0
             )
-            compile_time += seconds
-            if int(out[4]) >= 0:
-                out = None
-        if out is None:
+        )
+
+    def dispatch(lo: int, hi: int, state: tuple) -> tuple:
+        nonlocal compile_time
+        args = (state[0], frozen, *state[1:], data_key, loss_key, np.int32(lo))
+        args = args + (np.int32(hi), data)
+        # Full chunks run unguarded; their inputs are kept (not donated) so that one
+        # which met a non-finite value can be replayed with the guard.
+        guarded = hi - lo != length
+        out, seconds = compiled_call(
+            _fit_chunk, chunk_kwargs | {"guarded": guarded}, args
+        )
+        compile_time += seconds
+        return lo, hi, args, out, guarded
+
+    # Up to two chunks are in flight: the next is dispatched before the host reads
+    # the losses of the current one, so the device does not wait on Python.
+    in_flight: collections.deque = collections.deque()
+    state = (params, opt_state, perm)
+    i = 0
+    while i < len(bounds) or in_flight:
+        t0 = time.perf_counter()
+        while i < len(bounds) and len(in_flight) < 2:
+            if in_flight and (in_flight[-1][4] or needs_host(in_flight[-1][1])):
+                break
+            src = in_flight[-1][3][:3] if in_flight else state
+            in_flight.append(dispatch(*bounds[i], src))
+            i += 1
+        lo, hi, args, out, guarded = in_flight.popleft()
+        if not guarded and int(out[4]) >= 0:
+            in_flight.clear()
+            i = bounds.index((lo, hi)) + 1
             out, seconds = compiled_call(
                 _fit_chunk,
                 chunk_kwargs | {"guarded": True},
@@ -268,6 +296,7 @@ def fit(
             )
             compile_time += seconds
         params, opt_state, perm, losses, bad = out
+        state = (params, opt_state, perm)
         losses = np.asarray(losses)[: hi - lo]
         bad_step = int(bad)
         if bad_step >= 0:
