@@ -109,6 +109,7 @@ def _child(args, env):
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     ckpt, killed_out = tmp_path / "run.ckpt", tmp_path / "resumed.eqx"
     ref_out = tmp_path / "reference.eqx"
     reference = subprocess.Popen(_child(["-", str(ref_out), "0"], env), env=env)

@@ -1,4 +1,6 @@
 import equinox as eqx
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -7,7 +9,7 @@ import optax
 import pytest
 
 import jaxmodels as jm
-from jaxmodels.train._step import chunk_bounds
+from jaxmodels.train._step import chunk_bounds, chunk_length
 
 from .helpers import tree_max_abs_diff
 
@@ -285,3 +287,31 @@ def test_chunk_bounds_are_absolute():
     ]
     # A run resumed at step 6 is cut exactly like the uninterrupted one from there on.
     assert chunk_bounds(6, 10, 4, (3,)) == chunk_bounds(0, 10, 4, (3,))[3:]
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    steps=st.integers(1, 500),
+    chunk=st.integers(1, 300),
+    every=st.lists(st.one_of(st.none(), st.integers(1, 200)), max_size=2),
+    resume_at=st.integers(0, 500),
+)
+def test_chunk_plan_properties(steps, chunk, every, resume_at):
+    every = tuple(every)
+    length = chunk_length(steps, chunk, every)
+    assert 1 <= length <= chunk
+    bounds = chunk_bounds(0, steps, length, every)
+    # The chunks tile [0, steps) in order, none longer than the compiled length, and
+    # every evaluation/checkpoint step is a cut.
+    assert bounds[0][0] == 0 and bounds[-1][1] == steps
+    assert all(a < b <= a + length for a, b in bounds)
+    assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+    cuts = {b for _, b in bounds}
+    for p in every:
+        if p:
+            assert set(range(p, steps, p)) <= cuts
+    # A run resumed at any cut is cut exactly like the uninterrupted one.
+    start = min(cuts | {0}, key=lambda c: abs(c - resume_at))
+    assert chunk_bounds(start, steps, length, every) == [
+        (a, b) for a, b in bounds if a >= start
+    ]

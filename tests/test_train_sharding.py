@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 
@@ -77,6 +78,7 @@ def four_devices():
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],
         env=env,
