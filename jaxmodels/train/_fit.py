@@ -103,8 +103,12 @@ def fit(
 
     Steps run `chunk` at a time inside one jitted `lax.scan`, so a tiny model is not
     bound by Python dispatch: the host is visited once per chunk, to update the
-    progress bar, evaluate, checkpoint and check for a non-finite loss. The parameters
-    are the inexact-array leaves of `model`; everything else is held fixed.
+    progress bar, evaluate, checkpoint and check for a non-finite loss, and the next
+    chunk is already running while it does. Chunks run without a per-step guard; one
+    that met a non-finite loss or gradient is replayed with the guard, to stop at the
+    exact step. The parameters are the inexact-array leaves of `model`; everything
+    else is held fixed. Executables are cached across calls, keyed by the loss and
+    optimiser objects and the shapes: create the optimiser once to reuse them.
 
     **Arguments:**
 
