@@ -23,7 +23,7 @@ def _tiny_experiment(name, target):
             data=(x, y),
             make_model=lambda h, k: eqx.nn.Linear(1, 1, key=k),
             loss=loss,
-            make_optim=lambda h: optax.adam(h["lr"]),
+            make_optim=lambda h, steps: optax.adam(h["lr"]),
             hparams={"lr": 0.1, "width": 4},
             steps=100 if quick else 200,
             evaluate=lambda m: loss(m, (x, y), None),
@@ -161,3 +161,16 @@ def test_tour_quick_meets_every_target(tmp_path, capsys):
     rows = json.loads(path.read_text())
     failed = [r for r in rows if not r["passed"]]
     assert code == 0 and not failed, failed
+
+
+def test_run_seed_equals_sweep_seed(registry):
+    from jaxmodels.experiments import get_experiment, run_experiment, sweep_experiment
+
+    exp = get_experiment("tiny-pass")
+    swept = sweep_experiment(exp, seeds=2, quick=True)
+    for seed in (0, 1):
+        alone = run_experiment(exp, quick=True, seed=seed)
+        assert alone["history"]["loss"] == pytest.approx(
+            list(swept.loss_history[seed]), rel=1e-5, abs=1e-7
+        )
+        assert alone["value"] == pytest.approx(float(swept.metric[seed]), rel=1e-5)

@@ -49,7 +49,9 @@ def test_loss_and_evaluate_under_sweep_transformations():
     loss = eqx.filter_jit(task.loss)(model, batch, jr.key(1))
     assert loss.shape == () and bool(jnp.isfinite(loss))
     # The optimiser is traceable in `lr`, as a sweep needs.
-    jax.eval_shape(lambda lr: task.make_optim({"lr": lr}).init(jnp.zeros(3)), lrs[0])
+    jax.eval_shape(
+        lambda lr: task.make_optim({"lr": lr}, 100).init(jnp.zeros(3)), lrs[0]
+    )
 
 
 def test_short_fit_learns():
@@ -58,7 +60,7 @@ def test_short_fit_learns():
         task.loss,
         task.make_model(task.hparams, jr.key(0)),
         task.data,
-        optim=task.make_optim(task.hparams),
+        optim=task.make_optim(task.hparams, 200),
         steps=200,
         batch_size=task.batch_size,
         key=jr.key(1),

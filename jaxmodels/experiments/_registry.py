@@ -17,8 +17,9 @@ class Task:
         configurations by `sweep`, so it must only use `hparams` as arrays (or, for
         hyperparameters that change shapes, as Python ints).
     - `loss`: `loss(model, batch, key)` returning a scalar or `(scalar, aux)`.
-    - `make_optim`: `make_optim(hparams)` returning an optax transformation; traceable
-        in the array-valued hyperparameters (e.g. `optax.adam(hparams["lr"])`).
+    - `make_optim`: `make_optim(hparams, steps)` returning an optax transformation;
+        traceable in the array-valued hyperparameters (e.g. `optax.adam(hparams["lr"])`).
+        `steps` is the length of the run (which `--steps` may change), for schedules.
     - `hparams`: the default hyperparameters; `jaxmodels run/sweep --set` override them.
     - `steps`: optimiser steps.
     - `batch_size`: minibatch size, or `None` for full batch.
@@ -34,7 +35,7 @@ class Task:
     data: PyTree
     make_model: Callable[[dict[str, Any], PRNGKeyArray], PyTree]
     loss: Callable[..., Any]
-    make_optim: Callable[[dict[str, Any]], optax.GradientTransformation]
+    make_optim: Callable[[dict[str, Any], int], optax.GradientTransformation]
     hparams: dict[str, Any]
     steps: int
     evaluate: Callable[[PyTree], Any]

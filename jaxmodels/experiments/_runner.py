@@ -71,7 +71,7 @@ def run_experiment(
             task.loss,
             make_model(h, model_key),
             task.data,
-            optim=task.make_optim(h),
+            optim=task.make_optim(h, steps),
             steps=steps,
             batch_size=task.batch_size,
             key=fit_key,
@@ -180,6 +180,7 @@ def sweep_experiment(
     **Raises:** `UnknownNameError` (a `KeyError`) for an unknown hyperparameter.
     """
     task = experiment.setup(quick, jr.key(DATA_KEY))
+    steps = task.steps if steps is None else steps
     for k in grid or {}:
         _merge_hparams(task, {k: task.hparams.get(k)})  # names must exist
     full_grid = {k: [v] for k, v in task.hparams.items()}
@@ -190,10 +191,10 @@ def sweep_experiment(
         task.make_model,
         task.loss,
         task.data,
-        optim=task.make_optim,
+        optim=lambda h: task.make_optim(h, steps),
         grid=full_grid,
         seeds=seeds,
-        steps=task.steps if steps is None else steps,
+        steps=steps,
         key=jr.key(TRAIN_KEY),
         batch_size=task.batch_size,
         metric=task.evaluate,

@@ -82,8 +82,8 @@ def _setup(quick: bool, key: PRNGKeyArray) -> Task:
         data=(x_train, y_train),
         make_model=make_snn,
         loss=_loss,
-        make_optim=lambda h: optax.adam(
-            optax.cosine_decay_schedule(h["lr"], sizes["steps"], alpha=0.1)
+        make_optim=lambda h, steps: optax.adam(
+            optax.cosine_decay_schedule(h["lr"], steps, alpha=0.1)
         ),
         hparams={"lr": 3e-4},
         steps=sizes["steps"],
