@@ -1,0 +1,11 @@
+"""Neural differential equations, solved with diffrax.
+
+Chen et al., "Neural Ordinary Differential Equations" (2018); Kidger, "On Neural
+Differential Equations" (2021).
+"""
+
+from ._ode import NeuralODE as NeuralODE, ODESolution as ODESolution
+from ._vector_field import (
+    AbstractVectorField as AbstractVectorField,
+    MLPVectorField as MLPVectorField,
+)

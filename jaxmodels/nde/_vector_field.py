@@ -1,0 +1,116 @@
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
+
+
+def _check_size(value: int, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+
+
+class AbstractVectorField(eqx.Module):
+    """A vector field `f(t, y, args)` on states of shape `(data_size,)`.
+
+    Any Equinox module `f(t, y, args)` can drive a `NeuralODE`; subclassing this one
+    also declares `data_size`, so that `NeuralODE` can check the shape of `y0` before
+    tracing the solve.
+    """
+
+    data_size: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        t: Real[Array, ""],
+        y: Float[Array, " {self.data_size}"],
+        args: PyTree,
+    ) -> Float[Array, " {self.data_size}"]:
+        """The time derivative `dy/dt` at time `t` and state `y`."""
+
+
+class MLPVectorField(AbstractVectorField):
+    """A multilayer perceptron as the vector field of a neural ODE.
+
+    The parameterisation of Chen et al., "Neural Ordinary Differential Equations"
+    (2018), in the form recommended by Kidger, "On Neural Differential Equations"
+    (2021): smooth hidden activations (softplus) so that adaptive solvers see a
+    smooth field, and a bounded final activation (tanh) so that solutions cannot
+    blow up in finite time. Autonomous by default; with `time_dependent=True` the
+    time `t` is appended to the input.
+    """
+
+    mlp: eqx.nn.MLP
+    data_size: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    time_dependent: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        data_size: int,
+        width: int,
+        depth: int,
+        *,
+        activation: Callable[[Array], Array] = jax.nn.softplus,
+        final_activation: Callable[[Array], Array] = jnp.tanh,
+        time_dependent: bool = False,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `data_size`: the size of the state `y`.
+        - `width`: the size of every hidden layer.
+        - `depth`: the number of hidden layers, at least 1.
+        - `activation`: the nonlinearity after each hidden layer.
+        - `final_activation`: the nonlinearity on the output.
+        - `time_dependent`: whether `t` is an input of the network (non-autonomous).
+        - `key`: a PRNG key for the initial weights.
+
+        **Raises:** `ValueError` naming the argument if `data_size`, `width` or
+        `depth` is not a positive integer, or `time_dependent` is not a bool.
+        """
+        for value, name in [
+            (data_size, "data_size"),
+            (width, "width"),
+            (depth, "depth"),
+        ]:
+            _check_size(value, name)
+        if not isinstance(time_dependent, bool):
+            raise ValueError(
+                f"`time_dependent` must be a bool; got {time_dependent!r}."
+            )
+        self.mlp = eqx.nn.MLP(
+            data_size + int(time_dependent),
+            data_size,
+            width,
+            depth,
+            activation=activation,
+            final_activation=final_activation,
+            key=key,
+        )
+        self.data_size = data_size
+        self.width = width
+        self.depth = depth
+        self.time_dependent = time_dependent
+
+    def __call__(
+        self,
+        t: Real[Array, ""],
+        y: Float[Array, " {self.data_size}"],
+        args: PyTree,
+    ) -> Float[Array, " {self.data_size}"]:
+        """**Arguments:**
+
+        - `t`: the time, a scalar; used only if `time_dependent`.
+        - `y`: the state, of shape `(data_size,)`.
+        - `args`: unused; present for the diffrax signature `f(t, y, args)`.
+
+        **Returns:** `dy/dt`, of shape `(data_size,)`.
+        """
+        if self.time_dependent:
+            y = jnp.concatenate([y, jnp.asarray(t, y.dtype)[None]])
+        return self.mlp(y)
