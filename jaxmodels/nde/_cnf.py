@@ -36,8 +36,12 @@ class _AugmentedField(eqx.Module):
         def f(z):
             return self.vector_field(t, z, None)
 
+        def f_aux(z):
+            dz = f(z)
+            return dz, dz
+
         if self.trace == "exact":
-            jac, dz = jax.jacfwd(lambda z: (f(z), f(z)), has_aux=True)(z)
+            jac, dz = jax.jacfwd(f_aux, has_aux=True)(z)
             tr = jnp.trace(jac)
         else:
             assert args is not None
@@ -72,6 +76,7 @@ class CNF(eqx.Module):
     adjoint: dfx.AbstractAdjoint
     # A solver option, not a parameter: a Python float, so no gradient reaches it.
     t1: float
+    dt0: float | None
     max_steps: int = eqx.field(static=True)
     trace: str = eqx.field(static=True)
     probe: str = eqx.field(static=True)
@@ -87,6 +92,7 @@ class CNF(eqx.Module):
         ),
         adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint(),
         t1: float = 1.0,
+        dt0: float | None = None,
         max_steps: int = 4096,
         trace: str = "exact",
         probe: str = "rademacher",
@@ -104,6 +110,9 @@ class CNF(eqx.Module):
             because the log-density inherits the solver's error.
         - `adjoint`: how to differentiate through the solves, a diffrax adjoint.
         - `t1`: the time at which the flow reaches the data; positive.
+        - `dt0`: the initial step size (positive; backward solves take `-dt0`);
+            `None` lets an adaptive controller choose it. Required (and then the
+            fixed step) with `ConstantStepSize`.
         - `max_steps`: the most steps one solve may take.
         - `trace`: `"exact"` (the Jacobian by `jax.jacfwd`) or `"hutchinson"` (a
             stochastic estimate; `log_prob` then needs a `key`).
@@ -113,7 +122,8 @@ class CNF(eqx.Module):
             is an `AbstractVectorField`; otherwise needed by `sample` only.
 
         **Raises:** `ValueError` naming the argument if `vector_field` is not
-        callable, `t1` is not positive, `max_steps` is not a positive integer,
+        callable, `t1` or `dt0` is not positive, `dt0` is `None` with
+        `ConstantStepSize`, `max_steps` is not a positive integer,
         `trace` or `probe` is not one of the names above, or `data_size` is not a
         positive integer or disagrees with `vector_field.data_size`.
         """
@@ -125,6 +135,14 @@ class CNF(eqx.Module):
         t1 = float(t1)
         if not t1 > 0:
             raise ValueError(f"`t1` must be positive; got {t1}.")
+        if dt0 is not None:
+            dt0 = float(dt0)
+            if not dt0 > 0:
+                raise ValueError(f"`dt0` must be positive or `None`; got {dt0}.")
+        elif isinstance(stepsize_controller, dfx.ConstantStepSize):
+            raise ValueError(
+                "`dt0` must be given with `ConstantStepSize`: it is the fixed step."
+            )
         if (
             not isinstance(max_steps, int)
             or isinstance(max_steps, bool)
@@ -161,6 +179,7 @@ class CNF(eqx.Module):
         self.stepsize_controller = stepsize_controller
         self.adjoint = adjoint
         self.t1 = t1
+        self.dt0 = dt0
         self.max_steps = max_steps
         self.trace = trace
         self.probe = probe
@@ -185,7 +204,7 @@ class CNF(eqx.Module):
             self.solver,
             t0=t0,
             t1=t1,
-            dt0=None,
+            dt0=None if self.dt0 is None else math.copysign(self.dt0, t1 - t0),
             y0=y0,
             args=args,
             stepsize_controller=self.stepsize_controller,
@@ -264,7 +283,7 @@ class CNF(eqx.Module):
         base = -0.5 * jnp.sum(z0**2) - 0.5 * z0.size * math.log(2 * math.pi)
         return base + a0
 
-    def sample(self, key: PRNGKeyArray) -> Float[Array, " {self.data_size}"]:
+    def sample(self, key: PRNGKeyArray) -> Float[Array, " data"]:
         """Draw one sample: `z0 ~ N(0, I)`, pushed forward by `transform`.
 
         **Arguments:**
