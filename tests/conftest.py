@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import jax
+import pytest
 
 
 # A persistent compilation cache: on a machine that has run the suite before (CI runs
@@ -12,3 +13,10 @@ _CACHE = Path(
 jax.config.update("jax_compilation_cache_dir", str(_CACHE / "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Double precision for reference checks (analytic solutions, finite differences)."""
+    with jax.enable_x64(True):
+        yield

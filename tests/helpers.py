@@ -1,6 +1,9 @@
+import contextlib
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import jaxtyping
 import numpy as np
 
 
@@ -31,3 +34,13 @@ def tree_bytes_equal(x, y) -> bool:
     return len(xs) == len(ys) and all(
         np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(xs, ys)
     )
+
+
+@contextlib.contextmanager
+def jaxtyping_off():
+    """Turn off the runtime shape checks, to reach the library's own errors."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

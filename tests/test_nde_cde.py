@@ -1,7 +1,6 @@
 """Neural CDEs: an exact solution, the ODE special case, missing data, online mode,
 transformations, a learning check, errors."""
 
-import contextlib
 import functools
 
 import diffrax as dfx
@@ -10,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
-import jaxtyping
 import numpy as np
 import optax
 import pytest
@@ -20,23 +18,7 @@ import jaxmodels
 from jaxmodels.nde import NeuralODE
 from jaxmodels.nde._cde import CDEVectorField, NeuralCDE, control_path
 
-from .helpers import tree_allclose
-
-
-@contextlib.contextmanager
-def _jaxtyping_off():
-    """Turn off the runtime shape checks, to reach the library's own errors."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
+from .helpers import jaxtyping_off, tree_allclose
 
 
 _TIGHT = dfx.PIDController(rtol=1e-9, atol=1e-9)
@@ -300,7 +282,7 @@ def test_bad_inputs():
         )
     with pytest.raises(ValueError, match="`hidden_size`"):
         NeuralCDE(2, 0, 1, 4, 1, key=jr.key(0))
-    with _jaxtyping_off():
+    with jaxtyping_off():
         with pytest.raises(ValueError, match="`interpolation`"):
             control_path(ts, xs, interpolation="quadratic")  # pyright: ignore
         with pytest.raises(ValueError, match="`interpolation`"):

@@ -1,7 +1,6 @@
 """Continuous normalising flows: an analytic density, normalisation, Hutchinson's
 estimator, inverses and gradients, a short fit, errors."""
 
-import contextlib
 import math
 
 import diffrax as dfx
@@ -12,7 +11,6 @@ import jax.random as jr
 import jax.scipy.linalg as jsl
 import jax.scipy.stats as jss
 import jax.tree_util as jtu
-import jaxtyping
 import numpy as np
 import optax
 import pytest
@@ -22,21 +20,7 @@ import jaxmodels as jm
 from jaxmodels.nde._cnf import CNF
 from jaxmodels.nde._vector_field import MLPVectorField
 
-
-@contextlib.contextmanager
-def _jaxtyping_off():
-    """Turn off the runtime shape checks, to reach the library's own errors."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
+from .helpers import jaxtyping_off
 
 
 class _Linear(eqx.Module):
@@ -212,7 +196,7 @@ def test_bad_inputs():
         cnf.inverse(jnp.ones(3))
     with pytest.raises(ValueError, match="`z0`"):
         cnf.transform(jnp.ones(3))
-    with _jaxtyping_off(), pytest.raises(ValueError, match="`x`"):
+    with jaxtyping_off(), pytest.raises(ValueError, match="`x`"):
         cnf.log_prob(jnp.ones((4, 2)))
     with pytest.raises(ValueError, match="`key`"):
         _mlp_cnf(trace="hutchinson").log_prob(jnp.ones(2))
@@ -231,7 +215,7 @@ def test_bad_inputs():
         CNF(vf, dt0=-0.1)
     with pytest.raises(ValueError, match="`data_size`"):
         CNF(vf, data_size=3)
-    with _jaxtyping_off(), pytest.raises(ValueError, match="`vector_field`"):
+    with jaxtyping_off(), pytest.raises(ValueError, match="`vector_field`"):
         CNF(jnp.ones(2))  # pyright: ignore[reportArgumentType]
     # Without a declared size, sampling needs `data_size`; the density does not.
     linear = CNF(_Linear(-jnp.eye(2)))

@@ -1,7 +1,5 @@
 """Neural ODEs: Euler as a ResNet, an analytic solution, adjoints, transformations, errors."""
 
-import contextlib
-
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -9,30 +7,13 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
-import jaxtyping
 import numpy as np
 import pytest
 from jaxtyping import Array, Float, PyTree
 
 import jaxmodels.nde as nde
 
-from .helpers import tree_allclose
-
-
-@contextlib.contextmanager
-def _jaxtyping_off():
-    """Turn off the runtime shape checks, to reach the library's own errors."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
+from .helpers import jaxtyping_off, tree_allclose
 
 
 class _Linear(eqx.Module):
@@ -173,7 +154,7 @@ def test_bad_shapes():
         model(ts, jnp.ones(3))
     with pytest.raises(ValueError, match="`ts`"):
         model(jnp.zeros(1), jnp.ones(2))
-    with _jaxtyping_off():
+    with jaxtyping_off():
         with pytest.raises(ValueError, match="`y0`"):
             model(ts, jnp.ones((4, 2)))
         with pytest.raises(ValueError, match="`ts`"):
@@ -215,7 +196,7 @@ def test_bad_construction():
         nde.NeuralODE(vf, dt0=-0.1)
     with pytest.raises(ValueError, match="`max_steps`"):
         nde.NeuralODE(vf, max_steps=0)
-    with _jaxtyping_off(), pytest.raises(ValueError, match="`vector_field`"):
+    with jaxtyping_off(), pytest.raises(ValueError, match="`vector_field`"):
         nde.NeuralODE(jnp.ones(2))  # pyright: ignore[reportArgumentType]
     for kwargs, name in [
         ({"data_size": 0, "width": 4, "depth": 1}, "data_size"),

@@ -12,12 +12,6 @@ import pytest
 import jaxmodels.signal as jms
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def test_constants_derived_from_fixed_point():
     alpha, lam = jms.selu_constants()
     assert alpha == pytest.approx(jms.ALPHA_01, rel=1e-14)

@@ -1,27 +1,17 @@
 """Deep self-normalising networks: signal propagation, transformations, errors."""
 
-import contextlib
 import functools as ft
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jaxtyping
 import numpy as np
 import pytest
 
 import jaxmodels.signal as jms
 
-
-@contextlib.contextmanager
-def _jaxtyping_off():
-    """Turn off the runtime shape checks, to reach the library's own errors."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
+from .helpers import jaxtyping_off
 
 
 @eqx.filter_jit
@@ -168,7 +158,7 @@ def test_grad_matches_finite_differences(cls):
 )
 def test_bad_construction(kwargs, name):
     args = dict(in_size=3, out_size=2, width=4, depth=2) | kwargs
-    with _jaxtyping_off(), pytest.raises(ValueError, match=f"`{name}`"):
+    with jaxtyping_off(), pytest.raises(ValueError, match=f"`{name}`"):
         jms.SNN(**args, key=jr.key(0))
 
 
@@ -188,7 +178,7 @@ def test_missing_key_in_training():
 def test_wrong_input_shape(shape):
     model = jms.SNN(3, 2, 4, 2, key=jr.key(0))
     x = jnp.ones(shape)
-    with _jaxtyping_off(), pytest.raises(ValueError, match="`x`"):
+    with jaxtyping_off(), pytest.raises(ValueError, match="`x`"):
         model(x)
     # With the runtime checks of the test suite on, they catch it first, naming `x`.
     with pytest.raises((ValueError, TypeError), match="parameter 'x'|`x`"):

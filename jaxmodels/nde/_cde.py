@@ -9,7 +9,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
 from ._ode import ODESolution
-from ._vector_field import _check_size
+from ._vector_field import _check_size, check_dt0
 
 
 _INTERPOLATIONS = ("cubic", "linear", "rectilinear")
@@ -283,14 +283,7 @@ class NeuralCDE(eqx.Module):
         _check_interpolation(interpolation)
         if readout not in _READOUTS:
             raise ValueError(f"`readout` must be one of {_READOUTS}; got {readout!r}.")
-        if dt0 is not None:
-            dt0 = float(dt0)
-            if not dt0 > 0:
-                raise ValueError(f"`dt0` must be positive or `None`; got {dt0}.")
-        elif isinstance(stepsize_controller, dfx.ConstantStepSize):
-            raise ValueError(
-                "`dt0` must be given with `ConstantStepSize`: it is the fixed step."
-            )
+        dt0 = check_dt0(dt0, stepsize_controller)
         initial_key, field_key, output_key = jr.split(key, 3)
         self.initial = eqx.nn.Linear(input_size + 1, hidden_size, key=initial_key)
         self.vector_field = CDEVectorField(

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
-from ._vector_field import AbstractVectorField
+from ._vector_field import AbstractVectorField, check_dt0
 
 
 _TRACES = ("exact", "hutchinson")
@@ -135,14 +135,7 @@ class CNF(eqx.Module):
         t1 = float(t1)
         if not t1 > 0:
             raise ValueError(f"`t1` must be positive; got {t1}.")
-        if dt0 is not None:
-            dt0 = float(dt0)
-            if not dt0 > 0:
-                raise ValueError(f"`dt0` must be positive or `None`; got {dt0}.")
-        elif isinstance(stepsize_controller, dfx.ConstantStepSize):
-            raise ValueError(
-                "`dt0` must be given with `ConstantStepSize`: it is the fixed step."
-            )
+        dt0 = check_dt0(dt0, stepsize_controller)
         if (
             not isinstance(max_steps, int)
             or isinstance(max_steps, bool)

@@ -5,7 +5,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from ._vector_field import AbstractVectorField
+from ._vector_field import AbstractVectorField, check_dt0
 
 
 class ODESolution(eqx.Module):
@@ -92,14 +92,7 @@ class NeuralODE(eqx.Module):
             raise ValueError(
                 f"`max_steps` must be a positive integer; got {max_steps!r}."
             )
-        if dt0 is not None:
-            dt0 = float(dt0)
-            if not dt0 > 0:
-                raise ValueError(f"`dt0` must be positive or `None`; got {dt0}.")
-        elif isinstance(stepsize_controller, dfx.ConstantStepSize):
-            raise ValueError(
-                "`dt0` must be given with `ConstantStepSize`: it is the fixed step."
-            )
+        dt0 = check_dt0(dt0, stepsize_controller)
         self.vector_field = vector_field
         self.solver = solver
         self.stepsize_controller = stepsize_controller

@@ -1,10 +1,30 @@
 import abc
 from collections.abc import Callable
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
+
+
+def check_dt0(
+    dt0: float | None, stepsize_controller: dfx.AbstractStepSizeController
+) -> float | None:
+    """`dt0` as a Python float, checked against the step-size controller.
+
+    **Raises:** `ValueError` naming `dt0` if it is not positive, or is missing with
+    `diffrax.ConstantStepSize` (where it is the fixed step).
+    """
+    if dt0 is not None:
+        dt0 = float(dt0)
+        if not dt0 > 0:
+            raise ValueError(f"`dt0` must be positive or `None`; got {dt0}.")
+    elif isinstance(stepsize_controller, dfx.ConstantStepSize):
+        raise ValueError(
+            "`dt0` must be given with `ConstantStepSize`: it is the fixed step."
+        )
+    return dt0
 
 
 def _check_size(value: int, name: str) -> None:
