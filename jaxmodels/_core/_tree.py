@@ -3,6 +3,7 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, Bool, PyTree
 
 
@@ -26,6 +27,17 @@ def tree_allfinite(tree: PyTree) -> Bool[Array, ""]:
     if not leaves:
         return jnp.array(True)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> None:
+    """Check that a size, count or period is a positive Python (or NumPy) integer.
+
+    **Raises:** `ValueError` naming `name` otherwise (`None` passes with `allow_none`).
+    """
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
 def leading_size(tree: PyTree, name: str) -> int:

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
+from .._core import check_positive_int
 from ._ode import ODESolution
-from ._vector_field import _check_size, check_dt0
+from ._vector_field import check_dt0
 
 
 _INTERPOLATIONS = ("cubic", "linear", "rectilinear")
@@ -167,7 +168,7 @@ class CDEVectorField(eqx.Module):
             (width, "width"),
             (depth, "depth"),
         ]:
-            _check_size(value, name)
+            check_positive_int(value, name)
         self.mlp = eqx.nn.MLP(
             hidden_size,
             hidden_size * input_size,
@@ -279,7 +280,7 @@ class NeuralCDE(eqx.Module):
             (output_size, "output_size"),
             (max_steps, "max_steps"),
         ]:
-            _check_size(value, name)
+            check_positive_int(value, name)
         _check_interpolation(interpolation)
         if readout not in _READOUTS:
             raise ValueError(f"`readout` must be one of {_READOUTS}; got {readout!r}.")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
+from .._core import check_positive_int
 from ._vector_field import AbstractVectorField, check_dt0
 
 
@@ -136,14 +137,7 @@ class CNF(eqx.Module):
         if not t1 > 0:
             raise ValueError(f"`t1` must be positive; got {t1}.")
         dt0 = check_dt0(dt0, stepsize_controller)
-        if (
-            not isinstance(max_steps, int)
-            or isinstance(max_steps, bool)
-            or max_steps < 1
-        ):
-            raise ValueError(
-                f"`max_steps` must be a positive integer; got {max_steps!r}."
-            )
+        check_positive_int(max_steps, "max_steps")
         if trace not in _TRACES:
             raise ValueError(
                 f"`trace` must be one of {_TRACES}; got {trace!r}. Use 'exact' for "
@@ -151,14 +145,7 @@ class CNF(eqx.Module):
             )
         if probe not in _PROBES:
             raise ValueError(f"`probe` must be one of {_PROBES}; got {probe!r}.")
-        if data_size is not None and (
-            not isinstance(data_size, int)
-            or isinstance(data_size, bool)
-            or data_size < 1
-        ):
-            raise ValueError(
-                f"`data_size` must be a positive integer or `None`; got {data_size!r}."
-            )
+        check_positive_int(data_size, "data_size", allow_none=True)
         if isinstance(vector_field, AbstractVectorField):
             if data_size is not None and data_size != vector_field.data_size:
                 raise ValueError(

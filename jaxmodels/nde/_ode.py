@@ -5,6 +5,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from .._core import check_positive_int
 from ._vector_field import AbstractVectorField, check_dt0
 
 
@@ -84,14 +85,7 @@ class NeuralODE(eqx.Module):
                 "`vector_field` must be a callable `f(t, y, args)`, such as "
                 f"`MLPVectorField`; got {vector_field!r}."
             )
-        if (
-            not isinstance(max_steps, int)
-            or isinstance(max_steps, bool)
-            or max_steps < 1
-        ):
-            raise ValueError(
-                f"`max_steps` must be a positive integer; got {max_steps!r}."
-            )
+        check_positive_int(max_steps, "max_steps")
         dt0 = check_dt0(dt0, stepsize_controller)
         self.vector_field = vector_field
         self.solver = solver

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
+from .._core import check_positive_int
+
 
 def check_dt0(
     dt0: float | None, stepsize_controller: dfx.AbstractStepSizeController
@@ -25,11 +27,6 @@ def check_dt0(
             "`dt0` must be given with `ConstantStepSize`: it is the fixed step."
         )
     return dt0
-
-
-def _check_size(value: int, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
 class AbstractVectorField(eqx.Module):
@@ -98,7 +95,7 @@ class MLPVectorField(AbstractVectorField):
             (width, "width"),
             (depth, "depth"),
         ]:
-            _check_size(value, name)
+            check_positive_int(value, name)
         if not isinstance(time_dependent, bool):
             raise ValueError(
                 f"`time_dependent` must be a bool; got {time_dependent!r}."

@@ -8,14 +8,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._core import check_positive_int
 from ._dropout import AlphaDropout
 from ._init import Initialiser, he_normal, lecun_normal, reinit_linear
 from ._selu import selu
-
-
-def _check_size(value: int, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
 def _make_layers(
@@ -32,7 +28,7 @@ def _make_layers(
         (width, "width"),
         (depth, "depth"),
     ]:
-        _check_size(value, name)
+        check_positive_int(value, name)
     first_key, hidden_key, last_key, init_key = jr.split(key, 4)
     first = eqx.nn.Linear(in_size, width, key=first_key)
     # One Linear with a leading layer axis: `depth - 1` hidden-to-hidden layers.

@@ -15,7 +15,7 @@ import optax
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from .._core import leading_size
+from .._core import check_positive_int, leading_size
 from ..train._step import (
     auto_mesh,
     chunk_bounds,
@@ -199,16 +199,14 @@ def sweep(
             f"values; got {grid!r}."
         )
     if isinstance(seeds, int):
-        if seeds <= 0:
-            raise ValueError(f"`seeds` must be a positive integer; got {seeds}.")
+        check_positive_int(seeds, "seeds")
         seed_list = list(range(seeds))
     else:
         seed_list = [int(s) for s in seeds]
         if not seed_list:
             raise ValueError("`seeds` must not be empty.")
-    for name, value in (("steps", steps), ("chunk", chunk)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    check_positive_int(steps, "steps")
+    check_positive_int(chunk, "chunk")
     unknown = set(static) - set(grid)
     if unknown:
         raise ValueError(f"`static` names {sorted(unknown)}, which are not in `grid`.")

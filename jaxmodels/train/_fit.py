@@ -16,7 +16,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from .._core import RESULTS, leading_size
+from .._core import RESULTS, check_positive_int, leading_size
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._step import (
     auto_mesh,
@@ -65,13 +65,6 @@ class FitResult(eqx.Module):
     def final_loss(self) -> float:
         """The loss of the last step taken."""
         return float(self.loss_history[-1]) if len(self.loss_history) else math.nan
-
-
-def _check_positive(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
 def _eval_dict(out: Any) -> dict[str, Array]:
@@ -145,11 +138,11 @@ def fit(
     `NonFiniteLossError` as above.
     """
     wall_start = time.perf_counter()
-    _check_positive("steps", steps)
-    _check_positive("chunk", chunk)
-    _check_positive("batch_size", batch_size, allow_none=True)
-    _check_positive("eval_every", eval_every, allow_none=True)
-    _check_positive("checkpoint_every", checkpoint_every, allow_none=True)
+    check_positive_int(steps, "steps")
+    check_positive_int(chunk, "chunk")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    check_positive_int(eval_every, "eval_every", allow_none=True)
+    check_positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
     if not isinstance(optim, optax.GradientTransformation):
         raise ValueError(
             f"`optim` must be an optax.GradientTransformation (e.g. optax.adam(1e-3)); "
