@@ -66,19 +66,68 @@ def _linear_problem():
 def test_linear_field_matches_expm(x64):
     A, ts, y0 = _linear_problem()
     exact = jnp.stack([jsl.expm(t * A) @ y0 for t in ts])
-    steps, errors = {}, {}
-    for tol in (1e-8, 1e-4):
+    evaluations, errors = {}, {}
+    for tol in (1e-8, 1e-6, 1e-4):
         model = nde.NeuralODE(
             _Linear(A), stepsize_controller=dfx.PIDController(rtol=tol, atol=tol)
         )
         sol = model.solve(ts, y0)
         assert sol.result == dfx.RESULTS.successful
         assert sol.ys.dtype == jnp.float64
-        steps[tol] = int(sol.stats["num_steps"])
+        evaluations[tol] = int(sol.stats["num_function_evaluations"])
         errors[tol] = float(jnp.max(jnp.abs(sol.ys - exact)))
     assert errors[1e-8] < 10 * 1e-8, errors
-    assert errors[1e-8] < errors[1e-4] < 10 * 1e-4, errors
-    assert steps[1e-4] < steps[1e-8], steps
+    assert errors[1e-8] < errors[1e-6] < errors[1e-4] < 10 * 1e-4, errors
+    # Function evaluations fall strictly as the tolerance rises.
+    assert evaluations[1e-4] < evaluations[1e-6] < evaluations[1e-8], evaluations
+
+
+class _Counting(eqx.Module):
+    """A vector field that counts its evaluations on the host, as they run."""
+
+    field: nde.MLPVectorField
+
+    def __call__(self, t, y, args):
+        jax.debug.callback(_COUNT.append, t)
+        return self.field(t, y, args)
+
+
+_COUNT: list = []
+
+
+_ADAPTIVE = [dfx.Tsit5(), dfx.Dopri5(), dfx.Bosh3(), dfx.Heun()]
+
+
+@pytest.mark.parametrize(
+    "solver, adaptive",
+    [(s, True) for s in _ADAPTIVE] + [(s, False) for s in [*_ADAPTIVE, dfx.Euler()]],
+)
+def test_function_evaluations_match_a_counter(solver, adaptive):
+    field = _Counting(nde.MLPVectorField(2, 8, 1, key=jr.key(0)))
+    # A small first step is accepted, so the count is exact (see the docstring).
+    controller = (
+        dfx.PIDController(rtol=1e-5, atol=1e-7) if adaptive else dfx.ConstantStepSize()
+    )
+    model = nde.NeuralODE(
+        field, solver=solver, stepsize_controller=controller, dt0=0.01
+    )
+    _COUNT.clear()
+    sol = model.solve(jnp.linspace(0.0, 3.0, 4), jnp.array([1.0, -1.0]))
+    jax.effects_barrier()
+    assert int(sol.stats["num_function_evaluations"]) == len(_COUNT) > 0
+    if adaptive and not isinstance(solver, (dfx.Tsit5, dfx.Dopri5)):
+        assert int(sol.stats["num_rejected_steps"]) > 0, "rejections are counted too"
+
+
+def test_implicit_solver_reports_no_evaluation_count():
+    model = nde.NeuralODE(
+        nde.MLPVectorField(2, 4, 1, key=jr.key(0)),
+        solver=dfx.Kvaerno3(),
+        stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-6),
+    )
+    sol = model.solve(jnp.linspace(0.0, 1.0, 3), jnp.ones(2))
+    assert "num_function_evaluations" not in sol.stats
+    assert int(sol.stats["num_steps"]) > 0
 
 
 def _flat_grad(model, ts, y0):

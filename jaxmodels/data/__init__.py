@@ -11,6 +11,10 @@ from ._classification import (
     two_moons as two_moons,
     two_spirals as two_spirals,
 )
+from ._irregular import (
+    damped_sines as damped_sines,
+    irregular_spirals as irregular_spirals,
+)
 from ._regression import regression_1d as regression_1d, regression_nd as regression_nd
 from ._sequence import (
     copy_task as copy_task,

@@ -9,7 +9,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
 from .._core import check_positive_int
-from ._ode import ODESolution
+from ._ode import ODESolution, solver_stats
 from ._vector_field import check_dt0
 
 
@@ -357,10 +357,7 @@ class NeuralCDE(eqx.Module):
             max_steps=self.max_steps,
             throw=throw,
         )
-        stats = {
-            name: sol.stats[name]
-            for name in ("num_steps", "num_accepted_steps", "num_rejected_steps")
-        }
+        stats = solver_stats(self.solver, sol)
         # Report the observation times (the time channel), not a rectilinear knot index.
         obs_ts = path.ys[::2, 0] if self.interpolation == "rectilinear" else path.ts
         return ODESolution(ts=obs_ts, ys=sol.ys, stats=stats, result=sol.result)

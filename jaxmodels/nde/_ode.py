@@ -18,9 +18,10 @@ class ODESolution(eqx.Module):
         `None` if the `saveat` saved no times.
     - `ys`: the states at `ts` (of shape `(len(ts), data_size)` by default), or
         whatever the `saveat` asked for.
-    - `stats`: a dict of integer scalars: `num_steps`, `num_accepted_steps`,
-        `num_rejected_steps`. Diffrax 0.7 does not count function evaluations, so
-        neither does this.
+    - `stats`: a dict of integer scalars: `num_steps` (step attempts),
+        `num_accepted_steps`, `num_rejected_steps`, and `num_function_evaluations`,
+        the vector-field evaluations, for solvers whose count follows from their
+        steps (see `solver_stats`).
     - `result`: a `diffrax.RESULTS` code. It is not promoted to `jaxmodels.RESULTS`:
         both extend `optimistix.RESULTS` as siblings, so neither promotes the other.
         Compare with `diffrax.RESULTS.successful`.
@@ -30,6 +31,46 @@ class ODESolution(eqx.Module):
     ys: PyTree[Array] | None
     stats: dict[str, Int[Array, ""]]
     result: dfx.RESULTS
+
+
+def function_evaluations(
+    solver: dfx.AbstractSolver, num_steps: Int[Array, ""]
+) -> Int[Array, ""] | None:
+    """The vector-field evaluations of `num_steps` step attempts of `solver`.
+
+    Diffrax 0.7 does not count evaluations, but for explicit Runge-Kutta solvers they
+    follow from the tableau: each attempt (accepted or rejected) evaluates every stage,
+    except that a first-same-as-last (FSAL) method reuses its last stage as the next
+    step's first, costing one evaluation at the start. The count is exact except that
+    an FSAL method whose very first step is rejected re-evaluates the initial point
+    (one more per such rejection); the initial step-size selection of
+    `PIDController(dt0=None)` is not counted (torchdiffeq does count its two). `Euler`
+    costs one evaluation a step. A solve with `jump_ts` (a `NeuralCDE` on a path with
+    kinks) re-evaluates after each step that ends on a jump, uncounted here. `None`
+    for other solvers (implicit ones, whose cost depends on their root finder).
+    """
+    if isinstance(solver, dfx.Euler):
+        return num_steps
+    if isinstance(solver, dfx.AbstractERK) and isinstance(
+        solver.tableau, dfx.ButcherTableau
+    ):
+        stages, fsal = solver.tableau.num_stages, int(solver.tableau.fsal)
+        return num_steps * (stages - fsal) + fsal
+    return None
+
+
+def solver_stats(
+    solver: dfx.AbstractSolver, sol: dfx.Solution
+) -> dict[str, Int[Array, ""]]:
+    """The statistics of a diffrax solve that `ODESolution.stats` reports."""
+    stats = {
+        name: sol.stats[name]
+        for name in ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    }
+    evaluations = function_evaluations(solver, sol.stats["num_steps"])
+    if evaluations is not None:
+        stats["num_function_evaluations"] = evaluations
+    return stats
 
 
 class NeuralODE(eqx.Module):
@@ -156,11 +197,12 @@ class NeuralODE(eqx.Module):
             max_steps=self.max_steps,
             throw=throw,
         )
-        stats = {
-            name: sol.stats[name]
-            for name in ("num_steps", "num_accepted_steps", "num_rejected_steps")
-        }
-        return ODESolution(ts=sol.ts, ys=sol.ys, stats=stats, result=sol.result)
+        return ODESolution(
+            ts=sol.ts,
+            ys=sol.ys,
+            stats=solver_stats(self.solver, sol),
+            result=sol.result,
+        )
 
     def __call__(
         self,
