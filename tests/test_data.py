@@ -377,3 +377,53 @@ def test_traced_noise_is_checked():
     moons(jr.key(0), jnp.array(0.2))
     with pytest.raises(eqx.EquinoxRuntimeError, match="noise"):
         moons(jr.key(0), jnp.array(-0.2))
+
+
+def test_irregular_spirals():
+    (ts, xs), y = jmd.irregular_spirals(jr.key(0), 400, length=24, missing_rate=0.4)
+    assert ts.shape == (400, 24) and xs.shape == (400, 24, 2) and y.shape == (400,)
+    assert ts.dtype == xs.dtype == jnp.float32 and y.dtype == jnp.int32
+    assert bool(jnp.all(ts[:, 0] == 0)) and bool(jnp.all(jnp.diff(ts, axis=1) > 0))
+    assert float(ts.max()) <= 10.0
+    missing = jnp.isnan(xs)
+    # Whole observations are dropped, never the first, at the requested rate.
+    assert bool(jnp.all(missing[..., 0] == missing[..., 1]))
+    assert not bool(jnp.any(missing[:, 0]))
+    rate = float(jnp.mean(missing[:, 1:, 0]))
+    assert abs(rate - 0.4) < 0.02, rate
+    assert int(y.sum()) == 200
+    # The label is the sense of rotation: the sign of the cross product of successive
+    # noiseless points (checked without noise or gaps).
+    (ts, xs), y = jmd.irregular_spirals(jr.key(1), 50, missing_rate=0.0, noise=0.0)
+    cross = xs[:, :-1, 0] * xs[:, 1:, 1] - xs[:, :-1, 1] * xs[:, 1:, 0]
+    small_step = jnp.diff(ts, axis=1) < 1.0  # under half a turn at speed <= 1.5
+    sense = jnp.where(small_step, jnp.sign(cross), 0.0).sum(axis=1)
+    assert bool(jnp.all((sense > 0) == (y == 1)))
+
+
+def test_damped_sines():
+    ts, xs = jmd.damped_sines(jr.key(0), 64, length=30, t1=8.0)
+    assert ts.shape == (64, 30) and xs.shape == (64, 30, 1)
+    assert bool(jnp.all(ts[:, 0] == 0)) and bool(jnp.all(jnp.diff(ts, axis=1) > 0))
+    assert float(ts.max()) <= 8.0
+    # The envelope a exp(-d t) with a <= 1.5 and d >= 0.05 bounds every value.
+    assert bool(jnp.all(jnp.abs(xs[..., 0]) <= 1.5 * jnp.exp(-0.05 * ts) + 1e-6))
+    ts2, xs2 = jmd.damped_sines(jr.key(0), 64, length=30, t1=8.0)
+    assert bool(jnp.all(ts == ts2)) and bool(jnp.all(xs == xs2))
+    _, noisy = jmd.damped_sines(jr.key(0), 64, length=30, t1=8.0, noise=0.1)
+    assert 0.08 < float(jnp.std(noisy - xs)) < 0.12
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs, name",
+    [
+        (jmd.irregular_spirals, {"length": 1}, "length"),
+        (jmd.irregular_spirals, {"missing_rate": 1.0}, "missing_rate"),
+        (jmd.irregular_spirals, {"t1": 0.0}, "t1"),
+        (jmd.damped_sines, {"noise": -1.0}, "noise"),
+        (jmd.damped_sines, {"length": 1}, "length"),
+    ],
+)
+def test_irregular_bad_inputs(fn, kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        fn(jr.key(0), 4, **kwargs)
