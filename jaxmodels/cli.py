@@ -129,7 +129,9 @@ def _cmd_list(args) -> int:
             "experiment": e.name,
             "family": e.family,
             "metric": e.metric,
-            "target": ("≥ " if e.higher_is_better else "≤ ") + _fmt(e.target),
+            "target": ("≥ " if e.higher_is_better else "≤ ")
+            + _fmt(e.target)
+            + ("" if e.quick_target is None else f" (quick {_fmt(e.quick_target)})"),
             "description": e.description,
         }
         for e in exps
@@ -211,7 +213,7 @@ def _cmd_tour(args) -> int:
                 "family": exp.family,
                 "metric": exp.metric,
                 "value": None,
-                "target": exp.target,
+                "target": exp.target_for(args.quick),
                 "passed": False,
                 "seconds": None,
                 "compile_seconds": None,

@@ -174,3 +174,21 @@ def test_run_seed_equals_sweep_seed(registry):
             list(swept.loss_history[seed]), rel=1e-5, abs=1e-7
         )
         assert alone["value"] == pytest.approx(float(swept.metric[seed]), rel=1e-5)
+
+
+def test_quick_target_applies_to_the_quick_mode_only(monkeypatch, tmp_path, capsys):
+    import dataclasses
+
+    # The fit reaches an MSE near 0: a quick target of 1e-2 passes, a full one of -1
+    # (impossible) fails, and each run reports the target of its own mode.
+    exp = dataclasses.replace(_tiny_experiment("tiny-quick", -1.0), quick_target=1e-2)
+    monkeypatch.setitem(_registry._REGISTRY, "tiny-quick", exp)
+    assert exp.passed(0.0, quick=True) and not exp.passed(0.0, quick=False)
+    assert main(["run", "tiny-quick", "--quick", "--out", str(tmp_path / "q")]) == 0
+    quick = json.loads((tmp_path / "q" / "metrics.json").read_text())
+    assert quick["target"] == 1e-2 and quick["passed"]
+    main(["run", "tiny-quick", "--out", str(tmp_path / "f")])
+    full = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert full["target"] == -1.0 and not full["passed"]
+    assert main(["list", "--family", "testfamily"]) == 0
+    assert "(quick 0.01)" in capsys.readouterr().out
