@@ -11,10 +11,14 @@ from ._split import _check_at_least, _check_scale
 def _irregular_times(
     key: PRNGKeyArray, n: int, length: int, t1: float
 ) -> Float[Array, "{n} {length}"]:
-    # Sorted uniform times on (0, t1) with the first pinned at 0: irregular gaps, one
-    # common window. Distinct with probability one; the sort makes them increasing.
-    inner = jnp.sort(jr.uniform(key, (n, length - 1), minval=0.0, maxval=t1), axis=1)
-    return jnp.concatenate([jnp.zeros((n, 1)), inner], axis=1)
+    # Gaps uniform on [0.2, 1] (relative), rescaled so each row runs from 0 to t1
+    # exactly: irregular, and strictly increasing even in float32 (sorted uniform
+    # draws can repeat a time in float32).
+    gaps = jr.uniform(key, (n, length - 1), minval=0.2, maxval=1.0)
+    cumulative = jnp.cumsum(gaps, axis=1)
+    # The last set exactly: XLA may divide by multiplying with a rounded reciprocal.
+    fractions = (cumulative / cumulative[:, -1:]).at[:, -1].set(1.0)
+    return jnp.concatenate([jnp.zeros((n, 1)), t1 * fractions], axis=1)
 
 
 def _check_rate(value: float, name: str) -> float:
@@ -45,8 +49,8 @@ def irregular_spirals(
     `a_i(t) = phi_i + s_i w_i t` and `r_i(t) = exp(-d_i t)`, the direction `s_i = +1`
     (label 1, anticlockwise) or `-1` (label 0, clockwise), the angular speed `w_i`
     uniform on `[0.5, 1.5]`, the decay `d_i` uniform on `[0.02, 0.1]` and the phase
-    `phi_i` uniform. Each series is observed at its own `length` sorted uniform times
-    on `[0, t1]` (the first at 0), with Gaussian noise of standard deviation `noise`;
+    `phi_i` uniform. Each series is observed at its own `length` irregular times from
+    0 to `t1` (gaps drawn uniform on `[0.2, 1]` and rescaled), with Gaussian noise of standard deviation `noise`;
     then each observation after the first is dropped (both channels `NaN`, the time
     kept) with probability `missing_rate`.
 
@@ -60,7 +64,7 @@ def irregular_spirals(
     - `noise`: the standard deviation of the observation noise, non-negative.
 
     **Returns:** `((ts, xs), y)`: float32 times `ts` of shape `(n, length)`, strictly
-    increasing in each row with `ts[:, 0] == 0`; observations `xs` of shape
+    increasing in each row from `ts[:, 0] == 0` to `ts[:, -1] == t1`; observations `xs` of shape
     `(n, length, 2)` with `NaN` rows where dropped (never row 0, so every channel has
     a value); int32 labels `y` of shape `(n,)`.
 
@@ -101,8 +105,8 @@ def damped_sines(
     Series" (2019), in its damped form: series `i` is `x_i(t) = a_i exp(-d_i t)
     sin(w_i t + phi_i)` with amplitude `a_i` uniform on `[0.5, 1.5]`, decay `d_i` uniform
     on `[0.05, 0.2]`, angular frequency `w_i` uniform on `[0.5, 1.5]` and phase `phi_i`
-    uniform, observed at its own `length` sorted uniform times on `[0, t1]` (the first
-    at 0) with Gaussian noise of standard deviation `noise`. Every such series solves
+    uniform, observed at its own `length` irregular times from 0 to `t1` (gaps drawn
+    uniform on `[0.2, 1]` and rescaled) with Gaussian noise of standard deviation `noise`. Every such series solves
     the linear ODE `x'' + 2 d x' + (w^2 + d^2) x = 0`, so a two-dimensional latent state
     suffices in principle.
 
@@ -115,7 +119,7 @@ def damped_sines(
     - `noise`: the standard deviation of the observation noise, non-negative.
 
     **Returns:** `(ts, xs)`: float32 times of shape `(n, length)`, strictly increasing
-    in each row with `ts[:, 0] == 0`, and values of shape `(n, length, 1)`.
+    in each row from `ts[:, 0] == 0` to `ts[:, -1] == t1`, and values of shape `(n, length, 1)`.
 
     **Raises:** `ValueError` naming the argument if `n < 1`, `length < 2`, `t1 <= 0` or
     `noise < 0`.

@@ -272,7 +272,9 @@ def _gaussian_nll(
     mean = train.mean(axis=0)
     cov = jnp.cov(train, rowvar=False, bias=True)
     chol = jnp.linalg.cholesky(cov)
-    white = jax.scipy.linalg.solve_triangular(chol, (test - mean[None, :]).T, lower=True)
+    white = jax.scipy.linalg.solve_triangular(
+        chol, (test - mean[None, :]).T, lower=True
+    )
     logdet = 2 * jnp.sum(jnp.log(jnp.diag(chol)))
     return 0.5 * (jnp.mean(jnp.sum(white**2, axis=0)) + logdet) + math.log(2 * math.pi)
 

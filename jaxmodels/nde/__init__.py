@@ -2,8 +2,10 @@
 
 Chen et al., "Neural Ordinary Differential Equations" (2018); Kidger, "On Neural
 Differential Equations" (2021); Kidger et al., "Neural Controlled Differential
-Equations for Irregular Time Series" (2020); Grathwohl et al., "FFJORD" (2019) for the continuous
-normalising flow's trace estimator.
+Equations for Irregular Time Series" (2020); Rubanova et al., "Latent ODEs for
+Irregularly-Sampled Time Series" (2019); Oh et al., "Stable Neural Stochastic
+Differential Equations in Analyzing Irregular Time Series Data" (2024); Grathwohl et
+al., "FFJORD" (2019) for the continuous normalising flow's trace estimator.
 """
 
 from ._cde import (
@@ -12,7 +14,9 @@ from ._cde import (
     control_path as control_path,
 )
 from ._cnf import CNF as CNF
+from ._latent import LatentODE as LatentODE
 from ._ode import NeuralODE as NeuralODE, ODESolution as ODESolution
+from ._sde import NeuralSDE as NeuralSDE, StableNeuralSDE as StableNeuralSDE
 from ._vector_field import (
     AbstractVectorField as AbstractVectorField,
     MLPVectorField as MLPVectorField,
