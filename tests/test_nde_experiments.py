@@ -76,3 +76,10 @@ def test_loss_and_evaluate_compose_as_a_sweep_needs(name):
     model = task.make_model(task.hparams, jr.key(0))
     loss = eqx.filter_jit(task.loss)(model, batch, jr.key(1))
     assert loss.shape == () and bool(jnp.isfinite(loss))
+
+
+def test_spiral_report_runs():
+    # The runner calls `report` after training; under pytest it is type-checked too.
+    task = get_experiment("ode-spiral").setup(True, jr.key(0))
+    report = task.report(task.make_model(task.hparams, jr.key(0)))
+    assert report["window_loss"] > 0

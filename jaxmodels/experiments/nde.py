@@ -81,7 +81,7 @@ def _relative_l2(
 def _window_loss(
     model: nde.NeuralODE,
     batch: tuple[Float[Array, "batch 2"], Float[Array, "batch window 2"]],
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None,
     *,
     window_ts: Float[Array, " window"],
 ) -> Float[Array, ""]:
