@@ -144,13 +144,18 @@ def _setup(quick: bool, key: PRNGKeyArray) -> Task:
     n_train, n_test, length = sizes["n_train"], sizes["n_test"], sizes["length"]
 
     def dataset(k: PRNGKeyArray, n: int, rate: float) -> PyTree:
-        return jmd.irregular_spirals(k, n, length=length, t1=_T1, missing_rate=rate)
+        (ts, xs), y = jmd.irregular_spirals(
+            k, n, length=length, t1=_T1, missing_rate=rate
+        )
+        # Time rescaled to [0, 1]: over a horizon of 10 a geometric SDE's state can
+        # grow by e^10 and linear noise compounds over 10 time units.
+        return (ts / _T1, xs), y
 
     # The same series at every rate (same key): only the dropped observations differ.
     data = {_rate_name(r): dataset(train_key, n_train, r) for r in sizes["train_rates"]}
     tests = {_rate_name(r): dataset(test_key, n_test, r) for r in _RATES}
-    hidden, width, dt0 = sizes["hidden"], sizes["width"], sizes["dt0"]
-    max_steps = int(_T1 / dt0) + 8
+    hidden, width, dt0 = sizes["hidden"], sizes["width"], sizes["dt0"] / _T1
+    max_steps = int(1 / dt0) + 8
 
     def make_one(name: str, k: PRNGKeyArray) -> PyTree:
         if name == "cde":
@@ -188,9 +193,11 @@ def _setup(quick: bool, key: PRNGKeyArray) -> Task:
         return _Panel(models)
 
     def evaluate(panel: _Panel) -> Float[Array, ""]:
+        # The worst of the three stable classes at 30% missing.
         rate = _rate_name(_RATES[0])
         (ts, xs), y = tests[rate]
-        return _accuracy(panel.models[rate]["lsde"], ts, xs, y)
+        accuracies = [_accuracy(panel.models[rate][n], ts, xs, y) for n in _SDES]
+        return jnp.min(jnp.stack(accuracies))
 
     return Task(
         data=data,
@@ -213,8 +220,9 @@ sde_missing = register(
         name="sde-missing",
         family="nde",
         description=(
-            "Stable neural SDEs (LSDE, the metric; LNSDE, GSDE) vs a neural CDE on "
-            "irregular two-way spirals with 30/50/70% of observations missing. Quick: "
+            "Stable neural SDEs (LSDE, LNSDE, GSDE; metric: the worst of the three "
+            "at 30% missing) vs a neural CDE on irregular two-way spirals (time "
+            "rescaled to [0, 1]) with 30/50/70% of observations missing. Quick: "
             "trained at 30%, tested at 30/50/70% (robustness to a shift in the "
             "missing rate); full: trained and tested at each rate."
         ),
