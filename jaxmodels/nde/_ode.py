@@ -2,11 +2,10 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._core import check_positive_int
-from ._vector_field import AbstractVectorField, check_dt0
+from ._vector_field import check_dt0, check_initial_value
 
 
 class ODESolution(eqx.Module):
@@ -135,27 +134,6 @@ class NeuralODE(eqx.Module):
         self.dt0 = dt0
         self.max_steps = max_steps
 
-    def _check(self, ts: Array, y0: Array) -> Array:
-        if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 2:
-            raise ValueError(
-                "`ts` must be a 1-D array of at least 2 times (the first is the "
-                f"initial time); got shape {jnp.shape(ts)}. Batch with `jax.vmap`."
-            )
-        if isinstance(self.vector_field, AbstractVectorField):
-            expected = (self.vector_field.data_size,)
-            message = f"of shape {expected}"
-        else:
-            expected = jnp.shape(y0)[:1]
-            message = "a 1-D array"
-        if jnp.ndim(y0) != 1 or jnp.shape(y0) != expected:
-            raise ValueError(
-                f"`y0` must be one initial state, {message}; got shape "
-                f"{jnp.shape(y0)}. Batch with `jax.vmap`."
-            )
-        return eqx.error_if(
-            ts, jnp.any(jnp.diff(ts) <= 0), "`ts` must be strictly increasing."
-        )
-
     def solve(
         self,
         ts: Float[Array, " time"],
@@ -181,7 +159,7 @@ class NeuralODE(eqx.Module):
         `equinox.EquinoxRuntimeError` if `ts` is not strictly increasing, or (with
         `throw=True`) if the solve fails.
         """
-        ts = self._check(ts, y0)
+        ts = check_initial_value(ts, y0, self.vector_field)
         if saveat is None:
             saveat = dfx.SaveAt(ts=ts)
         sol = dfx.diffeqsolve(

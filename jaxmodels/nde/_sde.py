@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 from .._core import check_positive_int, tree_allfinite
 from ._cde import _check_interpolation, control_path
 from ._ode import ODESolution
-from ._vector_field import AbstractVectorField
+from ._vector_field import AbstractVectorField, check_initial_value
 
 
 _NOISES = ("diagonal", "general")
@@ -207,22 +207,7 @@ class NeuralSDE(eqx.Module):
         )
 
     def _check(self, ts: Array, y0: Array, args: PyTree) -> tuple[Array, Array]:
-        if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 2:
-            raise ValueError(
-                "`ts` must be a 1-D array of at least 2 times (the first is the "
-                f"initial time); got shape {jnp.shape(ts)}. Batch with `jax.vmap`."
-            )
-        if isinstance(self.drift, AbstractVectorField):
-            expected = (self.drift.data_size,)
-            message = f"of shape {expected}"
-        else:
-            expected = jnp.shape(y0)[:1]
-            message = "a 1-D array"
-        if jnp.ndim(y0) != 1 or jnp.shape(y0) != expected:
-            raise ValueError(
-                f"`y0` must be one initial state, {message}; got shape "
-                f"{jnp.shape(y0)}. Batch with `jax.vmap`."
-            )
+        ts = check_initial_value(ts, y0, self.drift)
         if not jnp.issubdtype(jnp.result_type(y0), jnp.inexact):
             raise ValueError(
                 f"`y0` must be floating point; got dtype {jnp.result_type(y0)}."
@@ -248,10 +233,6 @@ class NeuralSDE(eqx.Module):
                 f"`diffusion` must return an array of shape {want} with "
                 f"noise={self.noise!r}; got {diffusion!r}."
             )
-        # `~(diff > 0)` rather than `diff <= 0`, so that a `NaN` time is caught too.
-        ts = eqx.error_if(
-            ts, ~(jnp.diff(ts) > 0), "`ts` must be strictly increasing (and not `NaN`)."
-        )
         y0 = eqx.error_if(y0, ~jnp.all(jnp.isfinite(y0)), "`y0` must be finite.")
         return ts, y0
 

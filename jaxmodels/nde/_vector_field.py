@@ -29,6 +29,38 @@ def check_dt0(
     return dt0
 
 
+def check_initial_value(ts: Array, y0: Array, field: Callable[..., Array]) -> Array:
+    """Check the shapes of `ts` and `y0` (against `field`), and the order of `ts`.
+
+    **Returns:** `ts`, with a run-time check (`eqx.error_if`) that it is strictly
+    increasing; a `NaN` time fails it too.
+
+    **Raises:** `ValueError` naming `ts` if it is not 1-D with at least 2 times, or
+    `y0` if it is not one state (of shape `(field.data_size,)` when `field` is an
+    `AbstractVectorField`, else any 1-D shape).
+    """
+    if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 2:
+        raise ValueError(
+            "`ts` must be a 1-D array of at least 2 times (the first is the "
+            f"initial time); got shape {jnp.shape(ts)}. Batch with `jax.vmap`."
+        )
+    if isinstance(field, AbstractVectorField):
+        expected = (field.data_size,)
+        message = f"of shape {expected}"
+    else:
+        expected = jnp.shape(y0)[:1]
+        message = "a 1-D array"
+    if jnp.ndim(y0) != 1 or jnp.shape(y0) != expected:
+        raise ValueError(
+            f"`y0` must be one initial state, {message}; got shape "
+            f"{jnp.shape(y0)}. Batch with `jax.vmap`."
+        )
+    # `~(diff > 0)` rather than `diff <= 0`, so that a `NaN` time is caught too.
+    return eqx.error_if(
+        ts, ~(jnp.diff(ts) > 0), "`ts` must be strictly increasing (and not `NaN`)."
+    )
+
+
 class AbstractVectorField(eqx.Module):
     """A vector field `f(t, y, args)` on states of shape `(data_size,)`.
 
