@@ -399,7 +399,7 @@ def test_bad_construction():
 
 @ft.cache
 def _task():
-    from jaxmodels.experiments import get_experiment, nde_latent  # noqa: F401
+    from jaxmodels.experiments import get_experiment
 
     return get_experiment("latent-ode-sines").setup(True, jr.key(0))
 

@@ -422,7 +422,7 @@ def test_bad_inputs():
 
 
 def test_sde_missing_experiment_wiring():
-    import jaxmodels.experiments.nde_sde  # noqa: F401  (registers the experiment)
+    import jaxmodels.experiments  # noqa: F401  (registers the experiments)
     from jaxmodels.experiments import get_experiment
 
     exp = get_experiment("sde-missing")

@@ -11,8 +11,8 @@ import jax.random as jr
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .. import data as jmd, nde
-from ._registry import Experiment, Task, register
+from ... import data as jmd, nde
+from .._registry import Experiment, Task, register
 
 
 _RATES = (0.3, 0.5, 0.7)

@@ -1,4 +1,8 @@
-"""Experiments of the `nde` family: neural ODEs, CDEs and continuous normalising flows."""
+"""Experiments of the `nde` family.
+
+Neural ODEs, CDEs and continuous normalising flows here; the stable neural SDEs in
+`sde.py`, the latent ODE in `latent.py`.
+"""
 
 import functools as ft
 import math
@@ -13,8 +17,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Real
 
-from .. import data as jmd, nde
-from ._registry import Experiment, Task, register
+from ... import data as jmd, nde
+from .._registry import Experiment, Task, register
+from . import latent as latent, sde as sde
 
 
 # --- ode-spiral ---------------------------------------------------------------------

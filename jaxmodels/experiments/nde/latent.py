@@ -12,8 +12,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from .. import data as jmd, nde
-from ._registry import Experiment, Task, register
+from ... import data as jmd, nde
+from .._registry import Experiment, Task, register
 
 
 _T1 = 10.0
