@@ -5,7 +5,8 @@ Differential Equations" (2021); Kidger et al., "Neural Controlled Differential
 Equations for Irregular Time Series" (2020); Rubanova et al., "Latent ODEs for
 Irregularly-Sampled Time Series" (2019); Oh et al., "Stable Neural Stochastic
 Differential Equations in Analyzing Irregular Time Series Data" (2024); Grathwohl et
-al., "FFJORD" (2019) for the continuous normalising flow's trace estimator.
+al., "FFJORD" (2019) for the continuous normalising flow's trace estimator; Hasani et
+al., "Liquid Time-constant Networks" (2021).
 """
 
 from ._cde import (
@@ -15,6 +16,7 @@ from ._cde import (
 )
 from ._cnf import CNF as CNF
 from ._latent import LatentODE as LatentODE
+from ._ltc import LTC as LTC, LTCCell as LTCCell, ltc_scan as ltc_scan
 from ._ode import NeuralODE as NeuralODE, ODESolution as ODESolution
 from ._sde import NeuralSDE as NeuralSDE, StableNeuralSDE as StableNeuralSDE
 from ._vector_field import (
