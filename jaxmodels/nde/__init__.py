@@ -6,7 +6,8 @@ Equations for Irregular Time Series" (2020); Rubanova et al., "Latent ODEs for
 Irregularly-Sampled Time Series" (2019); Oh et al., "Stable Neural Stochastic
 Differential Equations in Analyzing Irregular Time Series Data" (2024); Grathwohl et
 al., "FFJORD" (2019) for the continuous normalising flow's trace estimator; Hasani et
-al., "Liquid Time-constant Networks" (2021).
+al., "Liquid Time-constant Networks" (2021); "Learning in Wilson-Cowan model for
+metapopulation" (2024).
 """
 
 from ._cde import (
@@ -22,4 +23,8 @@ from ._sde import NeuralSDE as NeuralSDE, StableNeuralSDE as StableNeuralSDE
 from ._vector_field import (
     AbstractVectorField as AbstractVectorField,
     MLPVectorField as MLPVectorField,
+)
+from ._wilson_cowan import (
+    WilsonCowan as WilsonCowan,
+    WilsonCowanSolution as WilsonCowanSolution,
 )
