@@ -73,7 +73,7 @@ def _loss(model, batch, key):
 
 
 def test_trains_past_a_linear_classifier():
-    x, y = jmd.two_moons(jr.key(0), 256, noise=0.1)
+    x, y = jmd.two_moons(jr.key(0), 128, noise=0.1)
     x, _, _ = jmd.standardise(x)
     linear = jaxmodels.fit(
         _loss,
@@ -86,7 +86,7 @@ def test_trains_past_a_linear_classifier():
     )
     head = jaxmodels.fit(
         _loss,
-        WilsonCowan(2, 16, 2, key=jr.key(1)),
+        WilsonCowan(2, 8, 2, key=jr.key(1)),
         (x, y),
         optim=optax.adam(3e-2),
         steps=300,
