@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real
 
 from .._core import check_positive_int
 from ._ode import ODESolution, solver_stats
-from ._vector_field import check_dt0
+from ._vector_field import check_dt0, check_increasing
 
 
 _INTERPOLATIONS = ("cubic", "linear", "rectilinear")
@@ -91,10 +91,7 @@ def control_path(
         dtype = jnp.zeros(()).dtype
     ts = jnp.asarray(ts, dtype)
     xs = jnp.asarray(xs, dtype)
-    # `~(diff > 0)` rather than `diff <= 0`, so that a `NaN` time is caught too.
-    ts = eqx.error_if(
-        ts, ~(jnp.diff(ts) > 0), "`ts` must be strictly increasing (and not `NaN`)."
-    )
+    ts = check_increasing(ts, "ts")
     observed = ~jnp.isnan(xs)
     xs = eqx.error_if(
         xs,

@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, Real
 
 from .._core import check_positive_int
 from ._ode import NeuralODE
-from ._vector_field import MLPVectorField
+from ._vector_field import MLPVectorField, check_increasing
 
 
 _ENCODERS = ("ode-rnn", "gru")
@@ -29,15 +29,6 @@ def _check_series(ts: Array, xs: Array, data_size: int, ts_name: str, xs_name: s
             f"of `{ts_name}`, `data_size` channels); got shape {jnp.shape(xs)} for "
             f"`{ts_name}` of shape {jnp.shape(ts)}. Batch with `jax.vmap`."
         )
-
-
-def _increasing(ts: Array, name: str) -> Array:
-    # `~(diff > 0)` rather than `diff <= 0`, so that a `NaN` time is caught too.
-    return eqx.error_if(
-        ts,
-        ~(jnp.diff(ts) > 0),
-        f"`{name}` must be strictly increasing (and not `NaN`).",
-    )
 
 
 def _gaussian_kl(mean: Array, log_std: Array) -> Array:
@@ -236,7 +227,7 @@ class LatentODE(eqx.Module):
         """
         _check_series(ts, xs, self.data_size, "ts", "xs")
         dtype = jnp.result_type(xs)
-        ts = _increasing(jnp.asarray(ts, dtype), "ts")
+        ts = check_increasing(jnp.asarray(ts, dtype), "ts")
         mask = ~jnp.isnan(xs)
         values = jnp.where(mask, xs, 0)
         observed = jnp.any(mask, axis=1)
@@ -315,7 +306,7 @@ class LatentODE(eqx.Module):
         ts = jnp.asarray(ts, dtype)
         t0 = ts[0] if t0 is None else jnp.asarray(t0, dtype)
         if jnp.shape(ts)[0] > 1:
-            ts = _increasing(ts, "ts")
+            ts = check_increasing(ts, "ts")
         ts = eqx.error_if(
             ts,
             ~((ts[0] >= t0) & (ts[-1] > t0)),

@@ -29,6 +29,17 @@ def check_dt0(
     return dt0
 
 
+def check_increasing(ts: Array, name: str) -> Array:
+    """`ts` with a run-time check (`eqx.error_if`) that it is strictly increasing; the
+    error names the argument `name`. A `NaN` time fails it too."""
+    # `~(diff > 0)` rather than `diff <= 0`, so that a `NaN` time is caught too.
+    return eqx.error_if(
+        ts,
+        ~(jnp.diff(ts) > 0),
+        f"`{name}` must be strictly increasing (and not `NaN`).",
+    )
+
+
 def check_initial_value(ts: Array, y0: Array, field: Callable[..., Array]) -> Array:
     """Check the shapes of `ts` and `y0` (against `field`), and the order of `ts`.
 
@@ -55,10 +66,7 @@ def check_initial_value(ts: Array, y0: Array, field: Callable[..., Array]) -> Ar
             f"`y0` must be one initial state, {message}; got shape "
             f"{jnp.shape(y0)}. Batch with `jax.vmap`."
         )
-    # `~(diff > 0)` rather than `diff <= 0`, so that a `NaN` time is caught too.
-    return eqx.error_if(
-        ts, ~(jnp.diff(ts) > 0), "`ts` must be strictly increasing (and not `NaN`)."
-    )
+    return check_increasing(ts, "ts")
 
 
 class AbstractVectorField(eqx.Module):
