@@ -159,11 +159,11 @@ class NeuralODE(eqx.Module):
         `equinox.EquinoxRuntimeError` if `ts` is not strictly increasing, or (with
         `throw=True`) if the solve fails.
         """
-        ts = check_initial_value(ts, y0, self.vector_field)
+        ts, y0, terms = self._setup(ts, y0, None, None)
         if saveat is None:
             saveat = dfx.SaveAt(ts=ts)
         sol = dfx.diffeqsolve(
-            dfx.ODETerm(self.vector_field),
+            terms,
             self.solver,
             t0=ts[0],
             t1=ts[-1],
@@ -181,6 +181,15 @@ class NeuralODE(eqx.Module):
             stats=solver_stats(self.solver, sol),
             result=sol.result,
         )
+
+    def _setup(
+        self, ts: Array, y0: Array, key: PRNGKeyArray | None, args: PyTree
+    ) -> tuple[Array, Array, dfx.AbstractTerm]:
+        """The checked `ts` and `y0`, and the diffrax terms of a solve (the key and
+        `args` are unused: the model is deterministic and takes none)."""
+        del key, args
+        ts = check_initial_value(ts, y0, self.vector_field)
+        return ts, y0, dfx.ODETerm(self.vector_field)
 
     def __call__(
         self,

@@ -206,6 +206,19 @@ class NeuralSDE(eqx.Module):
             levy_area=_levy_area(self.solver),
         )
 
+    def _setup(
+        self, ts: Array, y0: Array, key: PRNGKeyArray, args: PyTree
+    ) -> tuple[Array, Array, dfx.MultiTerm]:
+        """The checked `ts` and `y0`, and the drift and diffusion terms along the
+        Brownian path of `key`."""
+        ts, y0 = self._check(ts, y0, args)
+        bm = self.brownian_motion(ts[0], ts[-1], y0, key=key)
+        diffusion = self.diffusion
+        if self.noise == "diagonal":
+            diffusion = _Diagonal(diffusion)
+        terms = dfx.MultiTerm(dfx.ODETerm(self.drift), dfx.ControlTerm(diffusion, bm))
+        return ts, y0, terms
+
     def _check(self, ts: Array, y0: Array, args: PyTree) -> tuple[Array, Array]:
         ts = check_initial_value(ts, y0, self.drift)
         if not jnp.issubdtype(jnp.result_type(y0), jnp.inexact):
@@ -276,14 +289,9 @@ class NeuralSDE(eqx.Module):
             raise ValueError(
                 "`key` is required: it draws the Brownian path. Pass one per example."
             )
-        ts, y0 = self._check(ts, y0, args)
+        ts, y0, terms = self._setup(ts, y0, key, args)
         if saveat is None:
             saveat = dfx.SaveAt(ts=ts)
-        bm = self.brownian_motion(ts[0], ts[-1], y0, key=key)
-        diffusion = self.diffusion
-        if self.noise == "diagonal":
-            diffusion = _Diagonal(diffusion)
-        terms = dfx.MultiTerm(dfx.ODETerm(self.drift), dfx.ControlTerm(diffusion, bm))
         sol = dfx.diffeqsolve(
             terms,
             self.solver,
