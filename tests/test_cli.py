@@ -154,13 +154,22 @@ def test_bad_input_is_one_line_and_status_2(registry, capsys, argv, message):
     assert message in lines[0]
 
 
+def _registered() -> list[str]:
+    from jaxmodels.experiments import list_experiments
+
+    return [e.name for e in list_experiments()]
+
+
+# One test per experiment (what `jaxmodels tour --quick` runs, whose own wiring is
+# tested above), so that pytest-xdist spreads the experiments over the workers.
 @pytest.mark.slow
-def test_tour_quick_meets_every_target(tmp_path, capsys):
-    path = tmp_path / "tour.json"
-    code = main(["tour", "--quick", "--json", str(path)])
-    rows = json.loads(path.read_text())
-    failed = [r for r in rows if not r["passed"]]
-    assert code == 0 and not failed, failed
+@pytest.mark.parametrize("name", _registered())
+def test_quick_mode_meets_its_target(name, tmp_path, capsys):
+    code = main(["run", name, "--quick", "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert code == 0 and metrics["passed"], {
+        k: metrics[k] for k in ("value", "target", "extras") if k in metrics
+    }
 
 
 def test_run_seed_equals_sweep_seed(registry):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jax
 import pytest
 
 
@@ -15,6 +16,11 @@ def test_notebook_runs(path, monkeypatch):
     # The kernel inherits os.environ when it starts: small sizes, no display needed.
     monkeypatch.setenv("JAXMODELS_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The suite's persistent compilation cache (see conftest.py), for the kernel too.
+    monkeypatch.setenv(
+        "JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir
+    )
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
