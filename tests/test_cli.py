@@ -154,10 +154,26 @@ def test_bad_input_is_one_line_and_status_2(registry, capsys, argv, message):
     assert message in lines[0]
 
 
-def _registered() -> list[str]:
+# Quick modes that miss their target because the paper's claim does not reproduce
+# here (see README's "Results that do not match the papers"). Strict: if one starts
+# passing, the test fails, so that this list is kept true.
+_NOT_REPRODUCED = {
+    "ltc-forecast": "P118: LTC test MSE is 1.6-2.1x the GRU's at seeds 0-2",
+}
+
+
+def _registered() -> list:
     from jaxmodels.experiments import list_experiments
 
-    return [e.name for e in list_experiments()]
+    return [
+        pytest.param(
+            e.name,
+            marks=pytest.mark.xfail(reason=_NOT_REPRODUCED[e.name], strict=True),
+        )
+        if e.name in _NOT_REPRODUCED
+        else e.name
+        for e in list_experiments()
+    ]
 
 
 # One test per experiment (what `jaxmodels tour --quick` runs, whose own wiring is

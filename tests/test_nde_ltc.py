@@ -109,3 +109,44 @@ def test_sequence_model_shapes_and_errors():
         LTC(2, 6, 0, key=jr.key(0))
     with pytest.raises(Exception, match="must not decrease"):
         model(ts[::-1], us)
+
+
+def test_affine_input_mapping_is_the_plain_cell_on_mapped_inputs():
+    plain = LTCCell(3, 5, key=jr.key(0))
+    mapped = LTCCell(3, 5, input_mapping="affine", key=jr.key(0))
+    assert plain.input_w is None and plain.input_b is None
+    c, d = jnp.array([4.0, -2.5, 0.5]), jnp.array([-1.0, 0.7, 3.0])
+    ts = jnp.cumsum(jr.uniform(jr.key(3), (50,), minval=0.1, maxval=2.0))
+    us = jr.normal(jr.key(4), (50, 3))
+    x, u = jr.normal(jr.key(1), (5,)), us[0]
+
+    @eqx.filter_jit
+    def compare(mapped, plain):
+        # At initialisation the map is the identity.
+        identity = mapped.fused_step(x, u, 0.3), plain.fused_step(x, u, 0.3)
+        mapped = eqx.tree_at(lambda m: (m.input_w, m.input_b), mapped, (c, d))
+        v = c * u + d
+        return (
+            identity,
+            (
+                ltc_scan(mapped, ts, us, unfolds=2),
+                ltc_scan(plain, ts, c[None] * us + d[None], unfolds=2),
+            ),
+            (mapped.vector_field(0.0, x, u), plain.vector_field(0.0, x, v)),
+            (mapped.rhs_linear_form(x, u), plain.rhs_linear_form(x, v)),
+            ltc_scan(plain, ts, us, unfolds=2),
+            mapped.state_bounds(),
+        )
+
+    identity, scans, fields, forms, raw, (lo, hi) = compare(mapped, plain)
+    np.testing.assert_array_equal(*identity)
+    for got, want in (scans, fields, forms):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    got = scans[0]
+    assert bool(jnp.all((got >= lo[None]) & (got <= hi[None])))
+    # Not vacuous: the mapped inputs move the state differently from the raw ones.
+    assert float(jnp.max(jnp.abs(got - raw))) > 1e-2
+    model = LTC(3, 5, 1, input_mapping="affine", key=jr.key(0))
+    assert model.cell.input_w is not None and model.cell.input_w.shape == (3,)
+    with jaxtyping_off(), pytest.raises(ValueError, match="`input_mapping`"):
+        LTCCell(3, 5, input_mapping="linear", key=jr.key(0))  # pyright: ignore

@@ -1,3 +1,5 @@
+from typing import Literal
+
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -10,6 +12,14 @@ from .._core import check_positive_int
 
 
 _SOLVES = ("fused", "diffrax")
+_INPUT_MAPPINGS = ("affine", None)
+
+
+def _check_input_mapping(input_mapping: object) -> None:
+    if input_mapping not in _INPUT_MAPPINGS:
+        raise ValueError(
+            f"`input_mapping` must be one of {_INPUT_MAPPINGS}; got {input_mapping!r}."
+        )
 
 
 class LTCCell(eqx.Module):
@@ -34,6 +44,13 @@ class LTCCell(eqx.Module):
     towards a convex combination of `v_i` and the reversal potentials; its state stays
     within their range (`state_bounds`), under the exact flow and under the paper's
     fused semi-implicit step alike.
+
+    With `input_mapping="affine"`, the input first passes through a learnable
+    elementwise affine map, `u -> input_w * u + input_b` (initialised to the
+    identity), as in the `ncps` reference implementation, whose default it is. It is
+    not part of the paper's equations, but without it the sensory sigmoids, centred
+    on `[0.3, 0.8]`, only see inputs of that scale. The map acts on the input only, so
+    the state bounds are unchanged.
     """
 
     sensory_w: Float[Array, "hidden inputs"]
@@ -47,22 +64,36 @@ class LTCCell(eqx.Module):
     gleak: Float[Array, " hidden"]
     vleak: Float[Array, " hidden"]
     cm: Float[Array, " hidden"]
+    input_w: Float[Array, " inputs"] | None
+    input_b: Float[Array, " inputs"] | None
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
 
-    def __init__(self, input_size: int, hidden_size: int, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        input_mapping: Literal["affine", None] = None,
+        key: PRNGKeyArray,
+    ):
         """**Arguments:**
 
         - `input_size`: the number of input channels `u`.
         - `hidden_size`: the number of neurons `x`.
+        - `input_mapping`: `"affine"` for a learnable elementwise map `input_w * u +
+            input_b` (ones and zeros at first) ahead of the sensory synapses, the
+            default of `ncps`; `None` (the default here, the paper's equations) for
+            none, when `input_w` and `input_b` are `None`.
         - `key`: a PRNG key for the initial parameters (the ranges of the `ncps`
             reference implementation).
 
         **Raises:** `ValueError` naming the argument if a size is not a positive
-        integer.
+        integer or `input_mapping` is unknown.
         """
         check_positive_int(input_size, "input_size")
         check_positive_int(hidden_size, "hidden_size")
+        _check_input_mapping(input_mapping)
         keys = jr.split(key, 9)
         sensory, recurrent = (hidden_size, input_size), (hidden_size, hidden_size)
 
@@ -80,12 +111,21 @@ class LTCCell(eqx.Module):
         self.gleak = jr.uniform(keys[8], (hidden_size,), minval=0.001, maxval=1.0)
         self.vleak = jnp.zeros(hidden_size)
         self.cm = jnp.full(hidden_size, 0.5)
+        if input_mapping == "affine":
+            self.input_w = jnp.ones(input_size)
+            self.input_b = jnp.zeros(input_size)
+        else:
+            self.input_w = self.input_b = None
         self.input_size = input_size
         self.hidden_size = hidden_size
 
     def _synapses(self, x: Array, u: Array) -> tuple[Array, Array]:
         """The sensory and recurrent conductances, `(hidden, inputs)`, `(hidden,
         hidden)`; non-negative (softplus weights): the state bounds rely on it."""
+        # Every code path reaches the input through here, so the map is applied once
+        # per evaluation (a few flops, next to the `hidden * inputs` sigmoids).
+        if self.input_w is not None and self.input_b is not None:
+            u = self.input_w * u + self.input_b
         sensory = jax.nn.softplus(self.sensory_w) * jax.nn.sigmoid(
             self.sensory_gamma * (u[None, :] - self.sensory_mu)
         )
@@ -249,6 +289,7 @@ class LTC(eqx.Module):
         *,
         unfolds: int = 6,
         solve: str = "fused",
+        input_mapping: Literal["affine", None] = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -257,17 +298,21 @@ class LTC(eqx.Module):
             neurons and the outputs.
         - `unfolds`: steps per observation gap (see `LTCCell.__call__`).
         - `solve`: `"fused"` (the paper's semi-implicit step) or `"diffrax"` (Tsit5).
+        - `input_mapping`: `"affine"` (the `ncps` default) or `None`; see `LTCCell`.
+            The readout is already affine, so no output map is offered.
         - `key`: a PRNG key for the initial parameters.
 
         **Raises:** `ValueError` naming the argument if a size or `unfolds` is not a
-        positive integer, or `solve` is unknown.
+        positive integer, or `solve` or `input_mapping` is unknown.
         """
         check_positive_int(output_size, "output_size")
         check_positive_int(unfolds, "unfolds")
         if solve not in _SOLVES:
             raise ValueError(f"`solve` must be one of {_SOLVES}; got {solve!r}.")
         ckey, rkey = jr.split(key)
-        self.cell = LTCCell(input_size, hidden_size, key=ckey)
+        self.cell = LTCCell(
+            input_size, hidden_size, input_mapping=input_mapping, key=ckey
+        )
         self.readout = eqx.nn.Linear(hidden_size, output_size, key=rkey)
         self.unfolds = unfolds
         self.solve = solve

@@ -19,7 +19,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Real
 
 from ... import data as jmd, nde
 from .._registry import Experiment, Task, register
-from . import latent as latent, regularised as regularised, sde as sde
+from . import cells as cells, latent as latent, regularised as regularised, sde as sde
 
 
 # --- ode-spiral ---------------------------------------------------------------------
