@@ -21,7 +21,7 @@ from jaxmodels.experiments.nde.cells import (
     "name, metric, higher, target",
     [
         ("ltc-forecast", "mse_ratio_ltc_gru", False, 1.0),
-        ("wilson-cowan-classify", "accuracy_gain_over_linear", True, 0.0),
+        ("wilson-cowan-classify", "accuracy_gain_over_linear", True, 0.01),
     ],
 )
 def test_registered(name, metric, higher, target):
