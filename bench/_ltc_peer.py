@@ -235,8 +235,25 @@ def _grad_bytes(hidden: int, length: int) -> float:
     return _TENSORS_PER_STEP * 4.0 * BATCH * hidden * hidden * length
 
 
+def peer_device() -> str:
+    """Where the peer runs: on the GPU when JAX runs on one (and torch sees it), so
+    that both sides use the same hardware; else on the CPU."""
+    import torch
+
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def _bench_one(task: str, hidden: int, length: int, warmup: int, repeats: int):
     import torch
+
+    device = peer_device()
+
+    def sync(out):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     row = {
         "task": task,
@@ -245,9 +262,15 @@ def _bench_one(task: str, hidden: int, length: int, warmup: int, repeats: int):
         "hidden": hidden,
         "inputs": INPUTS,
         "unfolds": UNFOLDS,
+        "peer_device": device,
     }
+    if device == "cuda":
+        torch.cuda.empty_cache()
     if task != "forward":
         need, have = _grad_bytes(hidden, length), _mem_available()
+        if device == "cuda":
+            # Both sides hold their tapes on the one GPU: half of it each.
+            have = torch.cuda.mem_get_info()[1] / 2
         if need > 0.8 * have:
             return {
                 **row,
@@ -261,9 +284,10 @@ def _bench_one(task: str, hidden: int, length: int, warmup: int, repeats: int):
             }
 
     cell, peer = make_pair(INPUTS, hidden)
+    peer = peer.to(device)
     ts, us = data(BATCH, length)
     ts_j, us_j = jnp.asarray(ts), jnp.asarray(us)
-    x = torch.from_numpy(us)
+    x = torch.from_numpy(us).to(device)
     if task == "forward":
         fn = our_forward(ts_j)
 
@@ -271,7 +295,7 @@ def _bench_one(task: str, hidden: int, length: int, warmup: int, repeats: int):
             return fn(cell, us_j)
 
         def theirs():
-            return peer_forward(peer, x)
+            return sync(peer_forward(peer, x))
     else:
         fn = our_grad(ts_j)
 
@@ -279,7 +303,7 @@ def _bench_one(task: str, hidden: int, length: int, warmup: int, repeats: int):
             return fn(cell, us_j)
 
         def theirs():
-            return peer_grad(peer, x)
+            return sync(peer_grad(peer, x))
 
     _, first = timed(ours)
     for _ in range(warmup):
@@ -371,7 +395,8 @@ def main():
             "parameters); `ratio` = peer_s / ours_s (above 1: jaxmodels faster); "
             "`compile_s` = first jitted call minus the median",
             "peer: ncps.torch.LTC, FullyConnected wiring, input/output mappings off, "
-            "implicit_param_constraints=True, eager PyTorch, default threads",
+            "implicit_param_constraints=True, eager PyTorch, default threads, on "
+            f"{peer_device()} (the GPU when JAX runs on one)",
             f"agreement (hidden {check['hidden']}, batch {check['batch']}, length "
             f"{check['length']}): states max abs err {check['state_max_abs_err']:.3g}"
             f", gradients max rel err {check['grad_max_rel_err']:.3g}",
