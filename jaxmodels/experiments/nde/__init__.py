@@ -98,7 +98,7 @@ def _window_loss(
 
 def _spiral_plot(model: nde.NeuralODE, ax: Any, *, ts: Array, ys: np.ndarray) -> None:
     pred = np.asarray(
-        eqx.filter_jit(lambda m: m.solve(ts, ys[0], throw=False).ys)(model)
+        eqx.filter_jit(lambda m: m.solve(ts, jnp.asarray(ys[0]), throw=False).ys)(model)
     )
     ax.plot(ys[:, 0], ys[:, 1], "k-", lw=1.5, label="true")
     ax.plot(pred[:, 0], pred[:, 1], "r--", lw=1.2, label="neural ODE")
@@ -195,8 +195,10 @@ def _cde_accuracy(
     return jnp.mean((_cde_logits(model, ts, xs) > 0) == (y == 1))
 
 
-def _cde_plot(model: nde.NeuralCDE, ax: Any, *, ts: Array, xs: Array, y: Array) -> None:
-    logits = np.asarray(eqx.filter_jit(_cde_logits)(model, ts[:8], xs[:8]))
+def _cde_plot(
+    model: nde.NeuralCDE, ax: Any, *, ts: Array, xs: np.ndarray, y: np.ndarray
+) -> None:
+    logits = np.asarray(eqx.filter_jit(_cde_logits)(model, ts[:8], jnp.asarray(xs[:8])))
     for i in range(8):
         obs = ~np.isnan(np.asarray(xs[i, :, 0]))
         colour = "tab:red" if int(y[i]) == 1 else "tab:blue"
