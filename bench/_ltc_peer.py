@@ -368,10 +368,11 @@ COLUMNS = [
 ]
 
 
-def main():
+def main(args=None):
     import torch
 
-    args = parse_args("jaxmodels.nde.ltc_scan against ncps.torch.LTC")
+    if args is None:
+        args = parse_args("jaxmodels.nde.ltc_scan against ncps.torch.LTC")
     info = machine()
     rows = bench_ltc(quick=args.quick)
     check = rows[-1]

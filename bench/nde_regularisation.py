@@ -110,14 +110,15 @@ def main():
 
     args = parse_args(__doc__.splitlines()[0], extra)
     tasks = args.tasks.split(",")
-    info = machine()
-    rows = []
-    if "reg" in tasks:
-        rows += bench_regularisation(args.quick)
     if "ltc" in tasks:
-        from _ltc_peer import bench_ltc
+        # Its own table, columns and record: see bench/_ltc_peer.py.
+        from _ltc_peer import main as ltc_main
 
-        rows += bench_ltc(quick=args.quick)
+        ltc_main(args)
+    if "reg" not in tasks:
+        return
+    info = machine()
+    rows = bench_regularisation(args.quick)
     columns = [
         "task",
         "ours",
@@ -130,10 +131,7 @@ def main():
         "test_nfe_max",
         "test_loss",
         "test_accuracy",
-        "ours_ms",
-        "peer_ms",
     ]
-    columns = [c for c in columns if any(c in r for r in rows)]
     report(
         "nde regularisation (bench/nde_regularisation.py)",
         rows,
