@@ -643,11 +643,6 @@ def kinetic_solve(
     ts, y0, _ = model._setup(ts, y0, None, None)
     probe = jr.normal(key, jnp.shape(y0), jnp.result_type(y0))
     zero = jnp.zeros((), jnp.result_type(y0))
-    controller = model.stepsize_controller
-    if isinstance(controller, dfx.PIDController):
-        controller = eqx.tree_at(
-            lambda c: c.norm, controller, _FirstNorm(controller.norm)
-        )
     sol = dfx.diffeqsolve(
         dfx.ODETerm(_Augmented(model.vector_field)),
         model.solver,
@@ -657,7 +652,7 @@ def kinetic_solve(
         y0=(y0, zero, zero),
         args=probe,
         saveat=dfx.SaveAt(ts=ts),
-        stepsize_controller=controller,
+        stepsize_controller=_restrict_norm(model.stepsize_controller),
         adjoint=model.adjoint,
         max_steps=model.max_steps,
         throw=throw,
