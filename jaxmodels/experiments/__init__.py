@@ -4,7 +4,7 @@ Each family registers its experiments in `jaxmodels/experiments/<family>.py`; im
 this package imports them all.
 """
 
-from . import nde as nde, signal as signal
+from . import implicit as implicit, nde as nde, signal as signal
 from ._registry import (
     Experiment as Experiment,
     Task as Task,

@@ -1,0 +1,3 @@
+"""Experiments of the `implicit` family: equilibrium models trained and checked."""
+
+from . import deq as deq
