@@ -15,6 +15,8 @@ from ._irregular import (
     damped_sines as damped_sines,
     irregular_spirals as irregular_spirals,
 )
+from ._lpn import laplace_denoising as laplace_denoising
+from ._patterns import binary_patterns as binary_patterns
 from ._regression import regression_1d as regression_1d, regression_nd as regression_nd
 from ._sequence import (
     copy_task as copy_task,

@@ -7,13 +7,46 @@ homeostasis, and learned proximal networks.
 """
 
 from ._deq import (
-    AbstractDEQGradient as AbstractDEQGradient,
     DEQ as DEQ,
+    AbstractDEQGradient as AbstractDEQGradient,
     DEQSolution as DEQSolution,
     ImplicitGradient as ImplicitGradient,
-    jacobian_penalty as jacobian_penalty,
     JacobianFreeGradient as JacobianFreeGradient,
     PhantomGradient as PhantomGradient,
     TanhCell as TanhCell,
+    jacobian_penalty as jacobian_penalty,
+)
+from ._eqprop import (
+    EPGradient as EPGradient,
+    EquilibriumNetwork as EquilibriumNetwork,
+    ep_loss as ep_loss,
+    equilibrium_propagation as equilibrium_propagation,
+    homeostatic_loss as homeostatic_loss,
+)
+from ._homoode import (
+    HomoODE as HomoODE,
+    MLPCell as MLPCell,
+    NewtonHomotopy as NewtonHomotopy,
+)
+from ._lpn import (
+    LearnedProximalNetwork as LearnedProximalNetwork,
+    pnp_proximal_gradient as pnp_proximal_gradient,
+    proximal_matching_loss as proximal_matching_loss,
+    proximal_matching_schedule as proximal_matching_schedule,
+)
+from ._mondbm import (
+    RBM as RBM,
+    MeanFieldActivation as MeanFieldActivation,
+    MonotoneDBM as MonotoneDBM,
+)
+from ._monotone import (
+    AbstractMonotoneSplitting as AbstractMonotoneSplitting,
+    AbstractProxActivation as AbstractProxActivation,
+    ForwardBackward as ForwardBackward,
+    MonotoneDEQ as MonotoneDEQ,
+    MonotoneLinear as MonotoneLinear,
+    MonotoneSolution as MonotoneSolution,
+    PeacemanRachford as PeacemanRachford,
+    ReLU as ReLU,
 )
 from ._solvers import Anderson as Anderson, BadBroyden as BadBroyden, Broyden as Broyden

@@ -1,3 +1,9 @@
 """Experiments of the `implicit` family: equilibrium models trained and checked."""
 
-from . import deq as deq
+from . import (
+    deq as deq,
+    eqprop as eqprop,
+    homoode as homoode,
+    lpn as lpn,
+    monotone as monotone,
+)
