@@ -20,3 +20,17 @@ def x64():
     """Double precision for reference checks (analytic solutions, finite differences)."""
     with jax.enable_x64(True):
         yield
+
+
+def _priority(item: pytest.Item) -> int:
+    if "sde-missing" in item.nodeid:
+        return 0
+    if item.nodeid.startswith(("tests/test_cli.py", "tests/test_notebooks.py")):
+        return 1
+    return 2
+
+
+def pytest_collection_modifyitems(config, items):
+    # Longest first (the experiments' quick modes, the notebooks): under pytest-xdist
+    # a long test handed out last keeps one worker busy while the other idles.
+    items.sort(key=_priority)
