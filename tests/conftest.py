@@ -10,7 +10,13 @@ import pytest
 _CACHE = Path(
     os.environ.get("JAXMODELS_TEST_CACHE", Path.home() / ".cache" / "jaxmodels-tests")
 )
-jax.config.update("jax_compilation_cache_dir", str(_CACHE / "xla"))
+# One directory per pytest-xdist worker: two workers compiling the same computation at
+# once could otherwise read an entry the other is still writing (a worker once aborted
+# in the cache read).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+jax.config.update(
+    "jax_compilation_cache_dir", str(_CACHE / (f"xla-{_WORKER}" if _WORKER else "xla"))
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
