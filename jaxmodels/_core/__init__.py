@@ -2,6 +2,7 @@
 
 from ._results import RESULTS as RESULTS
 from ._tree import (
+    check_positive as check_positive,
     check_positive_int as check_positive_int,
     leading_size as leading_size,
     tree_allfinite as tree_allfinite,

@@ -40,6 +40,24 @@ def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> No
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
+def check_positive(value: Any, name: str) -> float:
+    """Check that a scale, rate or tolerance is a positive real number.
+
+    **Returns:** the value as a Python float.
+
+    **Raises:** `ValueError` naming `name` otherwise.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None:
+        raise ValueError(f"`{name}` must be a positive number; got {value!r}.")
+    if not number > 0:
+        raise ValueError(f"`{name}` must be positive; got {value!r}.")
+    return number
+
+
 def leading_size(tree: PyTree, name: str) -> int:
     """The common size of the leading axis of every array leaf of `tree`.
 

@@ -12,14 +12,7 @@ import optimistix as optx
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
-from .._core import check_positive_int
-
-
-def _check_positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"`{name}` must be a positive number; got {value!r}.")
-    if not float(value) > 0:
-        raise ValueError(f"`{name}` must be positive; got {value!r}.")
+from .._core import check_positive, check_positive_int
 
 
 class _NoAux(eqx.Module):
@@ -141,11 +134,11 @@ class NewtonHomotopy(optx.AbstractRootFinder):
         positive integer.
         """
         for value, name in [(rtol, "rtol"), (atol, "atol")]:
-            _check_positive(value, name)
+            check_positive(value, name)
         ode_rtol = rtol if ode_rtol is None else ode_rtol
         ode_atol = atol if ode_atol is None else ode_atol
         for value, name in [(ode_rtol, "ode_rtol"), (ode_atol, "ode_atol")]:
-            _check_positive(value, name)
+            check_positive(value, name)
         if not isinstance(solver, dfx.AbstractERK):
             raise ValueError(
                 "`solver` must be an explicit Runge-Kutta method (a diffrax.AbstractERK "
@@ -345,7 +338,7 @@ class MLPCell(eqx.Module):
         ]:
             check_positive_int(value, name)
         if lipschitz is not None:
-            _check_positive(lipschitz, "lipschitz")
+            check_positive(lipschitz, "lipschitz")
         k1, ku, kb1, k2, kb2 = jr.split(key, 5)
         self.w1 = jr.normal(k1, (width, state_size)) / jnp.sqrt(state_size)
         self.u = jr.normal(ku, (width, in_size)) / jnp.sqrt(in_size)
@@ -441,7 +434,7 @@ class HomoODE(eqx.Module):
         ]:
             check_positive_int(value, name)
         for value, name in [(rtol, "rtol"), (atol, "atol")]:
-            _check_positive(value, name)
+            check_positive(value, name)
         if cell is not None and not callable(cell):
             raise ValueError(f"`cell` must be callable as cell(z, x); got {cell!r}.")
         if root_finder is not None and not isinstance(

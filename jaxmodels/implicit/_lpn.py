@@ -1,5 +1,4 @@
 from collections.abc import Callable
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -11,13 +10,7 @@ import optimistix as optx
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from .._core import check_positive_int
-
-
-def _check_positive(value: Any, name: str) -> float:
-    if not float(value) > 0:
-        raise ValueError(f"`{name}` must be positive; got {value!r}.")
-    return float(value)
+from .._core import check_positive, check_positive_int
 
 
 def _inverse_softplus(u: Array) -> Array:
@@ -81,8 +74,8 @@ class LearnedProximalNetwork(eqx.Module):
         """
         for value, name in [(size, "size"), (width, "width"), (depth, "depth")]:
             check_positive_int(value, name)
-        alpha = _check_positive(alpha, "alpha")
-        beta = _check_positive(beta, "beta")
+        alpha = check_positive(alpha, "alpha")
+        beta = check_positive(beta, "beta")
         ikey, bkey, hkey, okey = jr.split(key, 4)
         lim = 1.0 / jnp.sqrt(size)
         self.input_weights = jr.uniform(
@@ -287,8 +280,8 @@ def proximal_matching_schedule(
     check_positive_int(steps, "steps")
     concrete = not any(isinstance(g, jax.core.Tracer) for g in (gamma_start, gamma_end))
     if concrete:
-        _check_positive(gamma_start, "gamma_start")
-        _check_positive(gamma_end, "gamma_end")
+        check_positive(gamma_start, "gamma_start")
+        check_positive(gamma_end, "gamma_end")
         if float(gamma_end) > float(gamma_start):
             raise ValueError(
                 "`gamma_end` must be at most `gamma_start` (annealing goes from large "

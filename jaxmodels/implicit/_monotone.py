@@ -9,13 +9,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from .._core import check_positive_int
-
-
-def _positive(value: float, name: str) -> float:
-    if not float(value) > 0:
-        raise ValueError(f"`{name}` must be positive; got {value!r}.")
-    return float(value)
+from .._core import check_positive, check_positive_int
 
 
 class MonotoneLinear(eqx.Module):
@@ -60,8 +54,8 @@ class MonotoneLinear(eqx.Module):
         or `m` or `scale` is not positive.
         """
         check_positive_int(size, "size")
-        _positive(m, "m")
-        _positive(scale, "scale")
+        check_positive(m, "m")
+        check_positive(scale, "scale")
         akey, bkey = jr.split(key)
         std = scale / size**0.5
         self.root = std * jr.normal(akey, (size, size))
@@ -335,9 +329,11 @@ class ForwardBackward(AbstractMonotoneSplitting):
 
         **Raises:** `ValueError` naming the argument if one is not positive.
         """
-        self.alpha = None if alpha is None else jnp.asarray(_positive(alpha, "alpha"))
-        self.rtol = _positive(rtol, "rtol")
-        self.atol = _positive(atol, "atol")
+        self.alpha = (
+            None if alpha is None else jnp.asarray(check_positive(alpha, "alpha"))
+        )
+        self.rtol = check_positive(rtol, "rtol")
+        self.atol = check_positive(atol, "atol")
         check_positive_int(max_steps, "max_steps")
         self.max_steps = max_steps
         self.adjoint_solver = adjoint_solver
@@ -407,9 +403,9 @@ class PeacemanRachford(AbstractMonotoneSplitting):
 
         **Raises:** `ValueError` naming the argument if one is not positive.
         """
-        self.alpha = jnp.asarray(_positive(alpha, "alpha"))
-        self.rtol = _positive(rtol, "rtol")
-        self.atol = _positive(atol, "atol")
+        self.alpha = jnp.asarray(check_positive(alpha, "alpha"))
+        self.rtol = check_positive(rtol, "rtol")
+        self.atol = check_positive(atol, "atol")
         check_positive_int(max_steps, "max_steps")
         self.max_steps = max_steps
         self.adjoint_solver = adjoint_solver
