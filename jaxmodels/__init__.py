@@ -4,7 +4,13 @@ Every model is an Equinox module or a pure function; `fit` trains any of them, `
 trains many at once as one program, and `jaxmodels.experiments` wires families to tasks.
 """
 
-from . import data as data, implicit as implicit, nde as nde, signal as signal
+from . import (
+    data as data,
+    implicit as implicit,
+    memory as memory,
+    nde as nde,
+    signal as signal,
+)
 from ._core import RESULTS as RESULTS
 from .sweep import SweepResult as SweepResult, sweep as sweep
 from .train import (

@@ -238,7 +238,7 @@ def _cmd_tour(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `jaxmodels` command; returns the exit status."""
-    from .experiments._registry import UnknownNameError
+    from .experiments._registry import NotTrainedError, UnknownNameError
 
     parser = _build_parser()
     try:
@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UnknownNameError as e:  # unknown experiment, family or hyperparameter
         print(f"jaxmodels: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except NotTrainedError as e:  # --steps, --set or sweep given to a measurement
+        print(f"jaxmodels: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -217,3 +217,65 @@ def test_quick_target_applies_to_the_quick_mode_only(monkeypatch, tmp_path, caps
     assert full["target"] == -1.0 and not full["passed"]
     assert main(["list", "--family", "testfamily"]) == 0
     assert "(quick 0.01)" in capsys.readouterr().out
+
+
+def _tiny_study(name):
+    import jax.random as jr
+
+    from jaxmodels.experiments import Study
+
+    # A Monte Carlo mean of 4000 uniforms: 0.5 within a few 1/sqrt(12 * 4000).
+    def measure(key):
+        draws = jr.uniform(key, (4000,))
+        return {"mean": float(jnp.mean(draws)), "draws": 4000}
+
+    def plot(results, ax):
+        ax.bar(["mean"], [results["mean"]])
+
+    return Experiment(
+        name=name,
+        family="testfamily",
+        description="a Monte Carlo mean, for the CLI tests of a Study",
+        metric="mean",
+        target=0.02,
+        higher_is_better=False,
+        setup=lambda quick, key: Study(
+            measure=lambda k: {**measure(k), "mean": abs(measure(k)["mean"] - 0.5)},
+            plot=plot,
+        ),
+    )
+
+
+def test_a_study_is_measured_not_trained(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(_registry._REGISTRY, "tiny-study", _tiny_study("tiny-study"))
+    assert (
+        main(["run", "tiny-study", "--quick", "--out", str(tmp_path), "--seed", "3"])
+        == 0
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["passed"] and metrics["value"] < 0.02 and metrics["steps"] == 0
+    assert metrics["extras"] == {"draws": 4000} and metrics["seed"] == 3
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    # Different seeds, different draws; the same seed, the same measurement.
+    other = json.loads(
+        (
+            main(["run", "tiny-study", "--out", str(tmp_path / "b"), "--seed", "4"]),
+            (tmp_path / "b" / "metrics.json").read_text(),
+        )[1]
+    )
+    again = json.loads(
+        (
+            main(["run", "tiny-study", "--out", str(tmp_path / "c"), "--seed", "3"]),
+            (tmp_path / "c" / "metrics.json").read_text(),
+        )[1]
+    )
+    assert other["value"] != metrics["value"] and again["value"] == metrics["value"]
+    capsys.readouterr()
+    for argv, message in (
+        (["run", "tiny-study", "--steps", "5"], "a measurement"),
+        (["run", "tiny-study", "--set", "lr=1"], "a measurement"),
+        (["sweep", "tiny-study", "--seeds", "2"], "cannot be swept"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

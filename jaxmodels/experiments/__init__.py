@@ -4,9 +4,11 @@ Each family registers its experiments in `jaxmodels/experiments/<family>.py`; im
 this package imports them all.
 """
 
-from . import implicit as implicit, nde as nde, signal as signal
+from . import implicit as implicit, memory as memory, nde as nde, signal as signal
 from ._registry import (
     Experiment as Experiment,
+    NotTrainedError as NotTrainedError,
+    Study as Study,
     Task as Task,
     UnknownNameError as UnknownNameError,
     get_experiment as get_experiment,

@@ -48,6 +48,24 @@ class Task:
 
 
 @dataclasses.dataclass(frozen=True)
+class Study:
+    """A measurement instead of a training run: a Monte Carlo estimate, a capacity
+    curve, a fitted scaling exponent.
+
+    **Fields:**
+
+    - `measure`: `measure(key)` returning a dict of JSON-able values (floats, ints,
+        strings and lists of them) that holds the experiment's metric under its name;
+        the other entries are reported as `extras`.
+    - `plot`: `plot(results, ax)` drawing the measurement (the dict `measure`
+        returned) on a matplotlib axis.
+    """
+
+    measure: Callable[[PRNGKeyArray], dict[str, Any]]
+    plot: Callable[[dict[str, Any], Any], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """A named, runnable recipe: a family, a task, a metric and a target.
 
@@ -62,8 +80,9 @@ class Experiment:
     - `quick_target`: the value the quick mode must reach, where the full mode's target
         is out of a quick run's reach (its justification belongs in `description`);
         `None` means `target` for both modes.
-    - `setup`: `setup(quick, key)` returning a `Task`; `quick=True` is the small mode
-        that must meet the target on 2 CPU cores in about a minute.
+    - `setup`: `setup(quick, key)` returning a `Task` (a model to train) or a `Study`
+        (a measurement); `quick=True` is the small mode that must meet the target on 2
+        CPU cores in about a minute.
     """
 
     name: str
@@ -72,7 +91,7 @@ class Experiment:
     metric: str
     target: float
     higher_is_better: bool
-    setup: Callable[[bool, PRNGKeyArray], Task]
+    setup: Callable[[bool, PRNGKeyArray], Task | Study]
     quick_target: float | None = None
 
     def target_for(self, quick: bool) -> float:
@@ -91,6 +110,11 @@ class Experiment:
 
 class UnknownNameError(KeyError):
     """An unknown experiment, family or hyperparameter name (the CLI's exit status 2)."""
+
+
+class NotTrainedError(ValueError):
+    """A training option (steps, hyperparameters, a sweep) given to an experiment that
+    is a `Study`, a measurement (the CLI's exit status 2)."""
 
 
 _REGISTRY: dict[str, Experiment] = {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..sweep import SweepResult, seed_key, sweep
 from ..train import FitResult, fit
-from ._registry import Experiment, Task, UnknownNameError
+from ._registry import Experiment, NotTrainedError, Study, Task, UnknownNameError
 
 
 # Data are drawn from DATA_KEY and training keys from TRAIN_KEY, so the data do not
@@ -39,7 +39,8 @@ def run_experiment(
     out: str | Path | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train an experiment's model (and its baselines), evaluate it, and report.
+    """Train an experiment's model (and its baselines), evaluate it, and report; or, for
+    a `Study`, make its measurement.
 
     **Arguments:**
 
@@ -57,10 +58,18 @@ def run_experiment(
     `metric`, `value`, `target`, `passed`, `seconds`, `compile_seconds`, the loss
     `history`, `baselines` and `extras`, among others.
 
-    **Raises:** `UnknownNameError` (a `KeyError`) for an unknown hyperparameter.
+    **Raises:** `UnknownNameError` (a `KeyError`) for an unknown hyperparameter;
+    `NotTrainedError` for `steps` or `hparams` given to a `Study`.
     """
     t0 = time.perf_counter()
     task = experiment.setup(quick, jr.key(DATA_KEY))
+    if isinstance(task, Study):
+        if steps is not None or hparams:
+            raise NotTrainedError(
+                f"{experiment.name!r} is a measurement, not a training run: it takes "
+                "no `steps` or hyperparameters."
+            )
+        return _run_study(experiment, task, quick=quick, seed=seed, out=out, t0=t0)
     h = _merge_hparams(task, hparams)
     steps = task.steps if steps is None else steps
     model_key, fit_key = seed_key(jr.key(TRAIN_KEY), seed)
@@ -124,6 +133,73 @@ def run_experiment(
     return metrics
 
 
+def _run_study(
+    experiment: Experiment,
+    study: Study,
+    *,
+    quick: bool,
+    seed: int,
+    out: str | Path | None,
+    t0: float,
+) -> dict[str, Any]:
+    _, key = seed_key(jr.key(TRAIN_KEY), seed)
+    results = dict(study.measure(key))
+    if experiment.metric not in results:
+        raise ValueError(
+            f"The measurement of {experiment.name!r} did not return its metric "
+            f"{experiment.metric!r} (it returned {sorted(results)})."
+        )
+    value = float(results[experiment.metric])
+    extras = {k: v for k, v in results.items() if k != experiment.metric}
+    metrics = {
+        "experiment": experiment.name,
+        "family": experiment.family,
+        "metric": experiment.metric,
+        "value": value,
+        "target": experiment.target_for(quick),
+        "higher_is_better": experiment.higher_is_better,
+        "passed": experiment.passed(value, quick),
+        "seconds": time.perf_counter() - t0,
+        # A study is one jitted measurement, not a training run with a separate
+        # compile: its seconds include compilation.
+        "compile_seconds": None,
+        "quick": quick,
+        "seed": seed,
+        "steps": 0,
+        "steps_taken": 0,
+        "hparams": {},
+        "final_loss": None,
+        "history": {"loss": []},
+        "baselines": {},
+        "extras": extras,
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _plot_study(experiment, study, results, out / "plot.png")
+    return metrics
+
+
+def _plot_study(experiment, study, results, path) -> bool:
+    if study.plot is None:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    study.plot(results, ax)
+    ax.set_title(experiment.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _json_floats(x: np.ndarray) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in np.asarray(x)]
 
@@ -177,9 +253,15 @@ def sweep_experiment(
     **Returns:** the `SweepResult`; with `out`, its table is also written to
     `out/sweep.json`.
 
-    **Raises:** `UnknownNameError` (a `KeyError`) for an unknown hyperparameter.
+    **Raises:** `UnknownNameError` (a `KeyError`) for an unknown hyperparameter;
+    `NotTrainedError` if the experiment is a `Study` (a measurement: run it per seed).
     """
     task = experiment.setup(quick, jr.key(DATA_KEY))
+    if isinstance(task, Study):
+        raise NotTrainedError(
+            f"{experiment.name!r} is a measurement, not a training run, so it cannot "
+            "be swept; run it with `jaxmodels run --seed S` for each seed."
+        )
     steps = task.steps if steps is None else steps
     for k in grid or {}:
         _merge_hparams(task, {k: task.hparams.get(k)})  # names must exist

@@ -1,0 +1,1 @@
+"""Experiments of the `memory` family: retrieval, capacity, clustering and scaling."""
