@@ -24,3 +24,4 @@ from ._sequence import (
     sine_sequences as sine_sequences,
 )
 from ._split import standardise as standardise, train_test_split as train_test_split
+from ._clusters import anisotropic_blobs as anisotropic_blobs, rings as rings

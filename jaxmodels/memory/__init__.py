@@ -11,6 +11,16 @@ from ._hopfield import (
     hopfield_retrieve as hopfield_retrieve,
     hopfield_update as hopfield_update,
 )
+from ._clam import (
+    ClAM as ClAM,
+    ClAMSolution as ClAMSolution,
+    KMeansSolution as KMeansSolution,
+    clam_loss as clam_loss,
+    kmeans as kmeans,
+    kmeans_plusplus as kmeans_plusplus,
+    normalised_mutual_info as normalised_mutual_info,
+    silhouette_score as silhouette_score,
+)
 from ._spin import (
     AbstractSpinNetwork as AbstractSpinNetwork,
     DenseAssociativeMemory as DenseAssociativeMemory,
