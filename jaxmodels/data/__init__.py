@@ -11,6 +11,7 @@ from ._classification import (
     two_moons as two_moons,
     two_spirals as two_spirals,
 )
+from ._clusters import anisotropic_blobs as anisotropic_blobs, rings as rings
 from ._irregular import (
     damped_sines as damped_sines,
     irregular_spirals as irregular_spirals,
@@ -24,4 +25,3 @@ from ._sequence import (
     sine_sequences as sine_sequences,
 )
 from ._split import standardise as standardise, train_test_split as train_test_split
-from ._clusters import anisotropic_blobs as anisotropic_blobs, rings as rings
