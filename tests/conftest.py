@@ -22,18 +22,30 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-@pytest.fixture(autouse=True, scope="module")
+def _memory_mappings() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True)
 def _release_executables():
-    """Free the compiled executables of each test module when it ends.
+    """Free compiled executables when a worker holds too many memory mappings.
 
     Every loaded XLA:CPU executable keeps a few memory mappings of JIT-linked code. A
     pytest-xdist worker that runs hundreds of tests reached the kernel's limit of 65530
     mappings (`vm.max_map_count`) and aborted inside the next executable load; clearing
     JAX's caches unmaps them (one module's tests: 6957 mappings, 1710 after clearing).
+    Checked after every test (a test module such as `test_cli.py` alone compiles
+    thousands of executables), cleared only past a threshold so that tests sharing
+    compiled functions keep them.
     """
     yield
-    jax.clear_caches()
-    gc.collect()
+    if _memory_mappings() > 20000:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture
