@@ -163,7 +163,7 @@ def _blobs_setup(quick: bool, key: PRNGKeyArray) -> Task:
         clam = model.select(train_x)
         pred = np.asarray(jax.vmap(clam)(test_x))
         # The first two principal axes of the test points.
-        mean = test_x.mean(axis=0)
+        mean = test_x.mean(axis=0, keepdims=True)
         _, _, vt = jnp.linalg.svd(test_x - mean, full_matrices=False)
         pts = np.asarray((test_x - mean) @ vt[:2].T)
         protos = np.asarray((clam.prototypes - mean) @ vt[:2].T)
