@@ -1,8 +1,6 @@
 """Neural CDEs: an exact solution, the ODE special case, missing data, online mode,
 transformations, a learning check, errors."""
 
-import functools
-
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -10,11 +8,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
-import optax
 import pytest
 from jaxtyping import Array, Float, PyTree
 
-import jaxmodels
 from jaxmodels.nde import NeuralODE
 from jaxmodels.nde._cde import CDEVectorField, NeuralCDE, control_path
 
@@ -215,62 +211,6 @@ def test_grad_matches_finite_differences(x64):
     )
     assert abs(float(fd)) > 1e-3
     np.testing.assert_allclose(jvp, fd, rtol=1e-5)
-
-
-@functools.cache
-def _spirals(n=64, time=16):
-    """Irregularly sampled 2-D spirals, label 1 if anticlockwise, some values missing."""
-    keys = jr.split(jr.key(0), 5)
-    label = jr.bernoulli(keys[0], 0.5, (n,))
-    ts = jnp.cumsum(jr.uniform(keys[1], (n, time), minval=0.1, maxval=0.6), axis=1)
-    phase = jr.uniform(keys[2], (n, 1), maxval=2 * jnp.pi)
-    angle = phase + jnp.where(label[:, None], 1.0, -1.0) * ts
-    radius = jnp.exp(-0.2 * ts)
-    xs = radius[..., None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)
-    xs = xs + 0.02 * jr.normal(keys[3], xs.shape)
-    xs = jnp.where(jr.bernoulli(keys[4], 0.1, xs.shape), jnp.nan, xs)
-    return ts, xs, label.astype(jnp.float32)
-
-
-@eqx.filter_jit
-def _accuracy(model, ts, xs, label):
-    logits = jax.vmap(model)(ts, xs)[:, 0]
-    return jnp.mean((logits > 0) == (label > 0.5))
-
-
-def _spiral_loss(model, batch, key):
-    ts, xs, label = batch
-    logits = jax.vmap(model)(ts, xs)[:, 0]
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, label))
-
-
-def test_learns_spiral_direction():
-    ts, xs, label = _spirals()
-    assert bool(jnp.any(jnp.isnan(xs)))
-    # A fixed-step Heun solve is plenty for a classifier and keeps the test fast.
-    model = NeuralCDE(
-        2,
-        8,
-        1,
-        16,
-        1,
-        solver=dfx.Heun(),
-        stepsize_controller=dfx.ConstantStepSize(),
-        dt0=0.5,
-        key=jr.key(1),
-    )
-    before = float(_accuracy(model, ts, xs, label))
-    assert before < 0.75
-    result = jaxmodels.fit(
-        _spiral_loss,
-        model,
-        (ts, xs, label),
-        optim=optax.adam(3e-2),
-        steps=100,
-        key=jr.key(2),
-    )
-    after = float(_accuracy(result.model, ts, xs, label))
-    assert after > 0.9, (before, after)
 
 
 def test_bad_inputs():
