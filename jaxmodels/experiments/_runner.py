@@ -106,13 +106,7 @@ def run_experiment(
     extras = task.report(result.model) if task.report is not None else {}
     seconds = time.perf_counter() - t0
     metrics = {
-        "experiment": experiment.name,
-        "family": experiment.family,
-        "metric": experiment.metric,
-        "value": value,
-        "target": experiment.target_for(quick),
-        "higher_is_better": experiment.higher_is_better,
-        "passed": experiment.passed(value, quick),
+        **_verdict(experiment, value, quick),
         "seconds": seconds,
         "compile_seconds": compile_seconds,
         "quick": quick,
@@ -126,11 +120,41 @@ def run_experiment(
         "extras": extras,
     }
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        out = _write_metrics(out, metrics)
         _plot(experiment, task, result, baseline_histories, out / "plot.png")
     return metrics
+
+
+def _verdict(experiment: Experiment, value: float, quick: bool) -> dict[str, Any]:
+    """The head of `metrics.json`: what was measured, against which target."""
+    return {
+        "experiment": experiment.name,
+        "family": experiment.family,
+        "metric": experiment.metric,
+        "value": value,
+        "target": experiment.target_for(quick),
+        "higher_is_better": experiment.higher_is_better,
+        "passed": experiment.passed(value, quick),
+    }
+
+
+def _write_metrics(out: str | Path, metrics: dict[str, Any]) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return out
+
+
+def _pyplot() -> Any:
+    """`matplotlib.pyplot` on the Agg backend, or `None` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def _run_study(
@@ -152,13 +176,7 @@ def _run_study(
     value = float(results[experiment.metric])
     extras = {k: v for k, v in results.items() if k != experiment.metric}
     metrics = {
-        "experiment": experiment.name,
-        "family": experiment.family,
-        "metric": experiment.metric,
-        "value": value,
-        "target": experiment.target_for(quick),
-        "higher_is_better": experiment.higher_is_better,
-        "passed": experiment.passed(value, quick),
+        **_verdict(experiment, value, quick),
         "seconds": time.perf_counter() - t0,
         # A study is one jitted measurement, not a training run with a separate
         # compile: its seconds include compilation.
@@ -174,9 +192,7 @@ def _run_study(
         "extras": extras,
     }
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        out = _write_metrics(out, metrics)
         _plot_study(experiment, study, results, out / "plot.png")
     return metrics
 
@@ -184,12 +200,8 @@ def _run_study(
 def _plot_study(experiment, study, results, path) -> bool:
     if study.plot is None:
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
     study.plot(results, ax)
@@ -205,12 +217,8 @@ def _json_floats(x: np.ndarray) -> list[float | None]:
 
 
 def _plot(experiment, task, result, baseline_histories, path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     ncols = 2 if task.plot is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
