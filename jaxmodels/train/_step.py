@@ -234,6 +234,18 @@ _COMPILED: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 _MAX_COMPILED = 32
 
 
+def _static_key(value: Any) -> Any:
+    """A hashable stand-in for a static argument: the value itself, or else its tree
+    structure and leaves (a model holding a dict or a list is unhashable as a whole,
+    but its structure and its static leaves are not)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        leaves, treedef = jtu.tree_flatten(value)
+        return treedef, tuple(leaves)
+
+
 def compiled_call(
     fn: Callable[..., Any],
     static_kwargs: dict[str, Any],
@@ -242,10 +254,11 @@ def compiled_call(
 ) -> tuple[Any, float]:
     """Call `jax.jit(fn)` on `args`, compiling ahead of time and timing the compilation.
 
-    Executables are kept (least recently used first out) by `fn`, the hashable
-    `static_kwargs` and the shapes, dtypes and shardings of `args`, so repeated `fit`
-    calls on the same problem compile once. Unhashable static arguments disable the
-    cache for that call.
+    Executables are kept (least recently used first out) by `fn`, the
+    `static_kwargs` (by value, or by tree structure and leaves when unhashable, as a
+    model holding a dict is) and the shapes, dtypes and shardings of `args`, so the
+    chunks of one `fit`, and repeated `fit` calls on the same problem, compile once.
+    Static arguments with unhashable leaves disable the cache for that call.
 
     **Returns:** `(output, compile_seconds)`; `compile_seconds` is 0 on a cache hit.
     """
@@ -253,14 +266,9 @@ def compiled_call(
     avals = tuple(
         (jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None)) for x in leaves
     )
-    key: Any = (
-        fn,
-        tuple(sorted(static_kwargs.items())),
-        treedef,
-        avals,
-        donate_argnums,
-    )
     try:
+        statics = tuple((k, _static_key(v)) for k, v in sorted(static_kwargs.items()))
+        key: Any = (fn, statics, treedef, avals, donate_argnums)
         hash(key)
     except TypeError:
         key = None
