@@ -4,7 +4,13 @@ Each family registers its experiments in `jaxmodels/experiments/<family>.py`; im
 this package imports them all.
 """
 
-from . import implicit as implicit, memory as memory, nde as nde, signal as signal
+from . import (
+    implicit as implicit,
+    kernels as kernels,
+    memory as memory,
+    nde as nde,
+    signal as signal,
+)
 from ._registry import (
     Experiment as Experiment,
     NotTrainedError as NotTrainedError,
