@@ -53,6 +53,21 @@ def _time(fn, repeats: int) -> tuple[np.ndarray, float, float]:
     return np.asarray(out), med, max(first - med, 0.0)
 
 
+def _row(task: str, peer: str, fn, ref: np.ndarray, theirs: dict, repeats: int):
+    """Time `fn` and compare its output with the peer's `ref` and timing `theirs`."""
+    k, sec, comp = _time(fn, repeats)
+    return {
+        "task": task,
+        "peer": peer,
+        "ours": f"{1e3 * sec:.2f} ms",
+        "theirs": f"{1e3 * theirs['seconds']:.2f} ms",
+        "speedup": theirs["seconds"] / sec,
+        "compile_s": comp,
+        "peer_compile_s": theirs["compile_s"],
+        "max_rel_diff": float(np.max(np.abs(k - ref)) / np.max(np.abs(ref))),
+    }
+
+
 def _ntk_mlp(params: list[np.ndarray]):
     """The peer's MLP as an Equinox model of `eqx.nn.Linear` layers (NTK
     parameterisation: `W x / sqrt(fan_in)`, no biases), with its weights."""
@@ -117,20 +132,15 @@ def main():
     n = x.shape[0]
     for get in ("ntk", "nngp"):
         kfn = jax.jit(kernel_fn, static_argnames="get")
-        k, sec, comp = _time(lambda: kfn(x, None, get), repeats)
-        ref = peer[f"analytic_{get}"]
-        theirs = peer_t[f"analytic_{get}"]
         rows.append(
-            {
-                "task": f"analytic {get.upper()}, 5-layer ReLU MLP, {n} x {n}",
-                "peer": "neural-tangents stax",
-                "ours": f"{1e3 * sec:.2f} ms",
-                "theirs": f"{1e3 * theirs['seconds']:.2f} ms",
-                "speedup": theirs["seconds"] / sec,
-                "compile_s": comp,
-                "peer_compile_s": theirs["compile_s"],
-                "max_rel_diff": float(np.max(np.abs(k - ref)) / np.max(np.abs(ref))),
-            }
+            _row(
+                f"analytic {get.upper()}, 5-layer ReLU MLP, {n} x {n}",
+                "neural-tangents stax",
+                lambda: kfn(x, None, get),
+                peer[f"analytic_{get}"],
+                peer_t[f"analytic_{get}"],
+                repeats,
+            )
         )
 
     init_fn, apply_fn, _ = stax.serial(*mlp_layers(stax))
@@ -146,39 +156,29 @@ def main():
     ]
     for peer_key, label, impl in cases:
         ntk_fn = jax.jit(empirical_ntk_fn(apply_fn, implementation=impl))
-        k, sec, comp = _time(lambda: ntk_fn(xe, None, params), repeats)
-        ref = peer[f"empirical_{peer_key}"]
-        theirs = peer_t[f"empirical_{peer_key}"]
         rows.append(
-            {
-                "task": f"empirical NTK, MLP 64-512-512-10, {m} x {m}, {label}",
-                "peer": f"neural-tangents ({label})",
-                "ours": f"{1e3 * sec:.2f} ms",
-                "theirs": f"{1e3 * theirs['seconds']:.2f} ms",
-                "speedup": theirs["seconds"] / sec,
-                "compile_s": comp,
-                "peer_compile_s": theirs["compile_s"],
-                "max_rel_diff": float(np.max(np.abs(k - ref)) / np.max(np.abs(ref))),
-            }
+            _row(
+                f"empirical NTK, MLP 64-512-512-10, {m} x {m}, {label}",
+                f"neural-tangents ({label})",
+                lambda: ntk_fn(xe, None, params),
+                peer[f"empirical_{peer_key}"],
+                peer_t[f"empirical_{peer_key}"],
+                repeats,
+            )
         )
     model = _ntk_mlp([np.asarray(w) for w in peer_leaves])
     fn = eqx.filter_jit(structured_ntk)
-    k, sec, comp = _time(lambda: fn(model, xe), repeats)
-    ref = peer["empirical_structured_derivatives"]
-    theirs = peer_t["empirical_structured_derivatives"]
-    best = min(v["seconds"] for k_, v in peer_t.items() if k_.startswith("empirical"))
     rows.append(
-        {
-            "task": f"empirical NTK, MLP 64-512-512-10, {m} x {m}, structured",
-            "peer": "neural-tangents (structured derivatives)",
-            "ours": f"{1e3 * sec:.2f} ms",
-            "theirs": f"{1e3 * theirs['seconds']:.2f} ms",
-            "speedup": theirs["seconds"] / sec,
-            "compile_s": comp,
-            "peer_compile_s": theirs["compile_s"],
-            "max_rel_diff": float(np.max(np.abs(k - ref)) / np.max(np.abs(ref))),
-        }
+        _row(
+            f"empirical NTK, MLP 64-512-512-10, {m} x {m}, structured",
+            "neural-tangents (structured derivatives)",
+            lambda: fn(model, xe),
+            peer["empirical_structured_derivatives"],
+            peer_t["empirical_structured_derivatives"],
+            repeats,
+        )
     )
+    best = min(v["seconds"] for k_, v in peer_t.items() if k_.startswith("empirical"))
     report(
         "kernels (bench/kernels.py)",
         rows,
