@@ -256,17 +256,7 @@ class StudentTProcess(eqx.Module):
         return mean - half, mean + half
 
     def _check_test(self, k_test_train: Array, k_test_test: Array) -> int:
-        n = self.num_train
-        if k_test_train.ndim != 2 or k_test_train.shape[1] != n:
-            raise ValueError(
-                f"`k_test_train` must have shape (m, {n}); got {k_test_train.shape}."
-            )
-        m = k_test_train.shape[0]
-        if k_test_test.shape != (m, m):
-            raise ValueError(
-                f"`k_test_test` must have shape ({m}, {m}); got {k_test_test.shape}."
-            )
-        return m
+        return _check_test_kernels(k_test_train, k_test_test, self.num_train)
 
 
 def student_t_process(
@@ -565,18 +555,24 @@ class ScaleMixtureProcess(eqx.Module):
         return jax.nn.logsumexp(self.posterior_log_weights() + logs)
 
     def _base(self, k_test_train: Array, k_test_test: Array) -> Array:
-        n = self.num_train
-        if k_test_train.ndim != 2 or k_test_train.shape[1] != n:
-            raise ValueError(
-                f"`k_test_train` must have shape (m, {n}); got {k_test_train.shape}."
-            )
-        m = k_test_train.shape[0]
-        if k_test_test.shape != (m, m):
-            raise ValueError(
-                f"`k_test_test` must have shape ({m}, {m}); got {k_test_test.shape}."
-            )
+        _check_test_kernels(k_test_train, k_test_test, self.num_train)
         cov = k_test_test - k_test_train @ _cho_solve(self.chol, k_test_train.T)
         return 0.5 * (cov + cov.T)
+
+
+def _check_test_kernels(k_test_train: Array, k_test_test: Array, n: int) -> int:
+    """The number of test points, after checking the test kernels' shapes against
+    `n` training points."""
+    if k_test_train.ndim != 2 or k_test_train.shape[1] != n:
+        raise ValueError(
+            f"`k_test_train` must have shape (m, {n}); got {k_test_train.shape}."
+        )
+    m = k_test_train.shape[0]
+    if k_test_test.shape != (m, m):
+        raise ValueError(
+            f"`k_test_test` must have shape ({m}, {m}); got {k_test_test.shape}."
+        )
+    return m
 
 
 def _gauss_loglik(quad: Array, half_logdet: Array, dim: int, variances: Array) -> Array:
