@@ -49,4 +49,9 @@ from ._monotone import (
     PeacemanRachford as PeacemanRachford,
     ReLU as ReLU,
 )
-from ._solvers import Anderson as Anderson, BadBroyden as BadBroyden, Broyden as Broyden
+from ._solvers import (
+    Anderson as Anderson,
+    AndersonLinearSolver as AndersonLinearSolver,
+    BadBroyden as BadBroyden,
+    Broyden as Broyden,
+)

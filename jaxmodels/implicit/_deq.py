@@ -13,7 +13,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
-from ._solvers import Anderson
+from ._solvers import Anderson, AndersonLinearSolver
 
 
 # --- cells ----------------------------------------------------------------------------
@@ -98,14 +98,18 @@ class ImplicitGradient(AbstractDEQGradient):
     """Exact gradients by the implicit function theorem.
 
     The backward pass solves `(I - df/dz)^T v = g` with a matrix-free lineax solver
-    (GMRES by default: only vector-Jacobian products, never a dense Jacobian), through
-    optimistix's `ImplicitAdjoint`. Bai, Kolter and Koltun, "Deep equilibrium models"
-    (NeurIPS 2019).
+    (only vector-Jacobian products, never a dense Jacobian), through optimistix's
+    `ImplicitAdjoint`. The default,
+    [`jaxmodels.implicit.AndersonLinearSolver`][], iterates `v = (df/dz)^T v + g` with
+    Anderson acceleration and stops as soon as the residual passes its tolerance, as
+    torchdeq does; it converges when the cell is contractive at the fixed point. For a
+    Jacobian with eigenvalues near or past one, pass `lineax.GMRES(...)`, which
+    converges for any invertible `I - df/dz` but always builds its whole Krylov basis
+    (`restart` products) before testing. A backward solve that does not converge
+    raises. Bai, Kolter and Koltun, "Deep equilibrium models" (NeurIPS 2019).
     """
 
-    linear_solver: lx.AbstractLinearSolver = lx.GMRES(
-        rtol=1e-5, atol=1e-5, restart=64, stagnation_iters=64
-    )
+    linear_solver: lx.AbstractLinearSolver = AndersonLinearSolver(rtol=1e-5, atol=1e-5)
 
     @property
     def adjoint(self) -> optx.AbstractAdjoint | None:
