@@ -504,10 +504,15 @@ class AndersonLinearSolver(lx.AbstractLinearSolver):
             adjoint=optx.ImplicitAdjoint(),
             throw=False,
         )
-        result = lx.RESULTS.where(
-            sol.result == optx.RESULTS.successful,
-            lx.RESULTS.successful,
+        # A non-finite iterate (Richardson diverging past overflow) is a breakdown; any
+        # other failure is the step budget running out.
+        failure = lx.RESULTS.where(
+            sol.result == optx.RESULTS.nonlinear_divergence,
+            lx.RESULTS.breakdown,
             lx.RESULTS.max_steps_reached,
+        )
+        result = lx.RESULTS.where(
+            sol.result == optx.RESULTS.successful, lx.RESULTS.successful, failure
         )
         value = unravel(sol.value * safe)
         return value, result, {"num_steps": sol.stats["num_steps"]}

@@ -3,10 +3,10 @@
 One weight-tied tanh cell `z = tanh(W z + U x + b)`, solved to its fixed point with
 Anderson acceleration and differentiated implicitly (a matrix-free, Anderson-accelerated
 linear solve), plus a small Jacobian-norm penalty that keeps the cell contractive as it
-trains (Bai, Koltun and Kolter, 2021): without it (weight 0.1) the trained cell's spectral norm grew to 3.2 and
-5% of the test solves hit the iteration limit; at weight 10 every solve converges in at
-most 7 Anderson steps. The metric is test accuracy with a non-converged solve counted
-as an error; iterations and residuals are reported.
+trains (Bai, Koltun and Kolter, 2021): without it (weight 0.1) the trained cell's
+spectral norm grew to 3.2 and 5% of the test solves hit the iteration limit; at weight
+10 every solve converges in at most 7 Anderson steps. The metric is test accuracy with
+a non-converged solve counted as an error; iterations and residuals are reported.
 """
 
 import functools as ft
