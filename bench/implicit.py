@@ -25,6 +25,7 @@ torchdeq's), from the same weights, at the same tolerance.
     python bench/implicit.py [--quick] [--json PATH] [--record]
 """
 
+import functools as ft
 import time
 
 import equinox as eqx
@@ -74,6 +75,13 @@ class Model(eqx.Module):
         return self.R @ sol.value, sol.num_steps
 
 
+def _loss(model, x, y):
+    """Mean cross-entropy over the batch, and the worst example's forward iterations."""
+    logits, iters = jax.vmap(model)(x)
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return xent, jnp.max(iters)
+
+
 def jax_model(w, tol, solver="anderson"):
     solvers = {
         "anderson": im.Anderson(0.0, tol, norm=optx.two_norm, memory=MEMORY),
@@ -100,10 +108,7 @@ def bench_jax(w, tol, steps):
     optim = optax.adam(LR)
     x, y = jnp.asarray(w["x"]), jnp.asarray(w["y"])
 
-    def loss(model):
-        logits, iters = jax.vmap(model)(x)
-        xent = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return xent, jnp.max(iters)
+    loss = ft.partial(_loss, x=x, y=y)
 
     @eqx.filter_jit(donate="all-except-first")
     def step(model, opt_state):
@@ -135,11 +140,8 @@ def _jax_grad_w(w, tol, linear_solver=None):
         )
     x, y = jnp.asarray(w["x"]), jnp.asarray(w["y"])
 
-    def loss(model):
-        logits, _ = jax.vmap(model)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return np.asarray(eqx.filter_jit(eqx.filter_grad(loss))(model).deq.cell.W)
+    grad = eqx.filter_grad(ft.partial(_loss, x=x, y=y), has_aux=True)
+    return np.asarray(eqx.filter_jit(grad)(model)[0].deq.cell.W)
 
 
 def reference_gradient(w):
