@@ -70,12 +70,14 @@ def test_loss_and_evaluate_compose_as_a_sweep_needs(name):
     models = eqx.filter_vmap(lambda k: task.make_model(task.hparams, k))(
         jr.split(jr.key(0), 2)
     )
-    metric = eqx.filter_jit(eqx.filter_vmap(task.evaluate))(models)
-    assert metric.shape == (2,) and bool(jnp.all(jnp.isfinite(metric)))
+    # Traced, not compiled: composition is a property of tracing; the values are the
+    # quick mode's test (test_cli trains and evaluates these tasks).
+    metric = eqx.filter_eval_shape(eqx.filter_vmap(task.evaluate), models)
+    assert metric.shape == (2,)
     batch = jax.tree_util.tree_map(lambda a: a[:4], task.data)
     model = task.make_model(task.hparams, jr.key(0))
-    loss = eqx.filter_jit(task.loss)(model, batch, jr.key(1))
-    assert loss.shape == () and bool(jnp.isfinite(loss))
+    loss = eqx.filter_eval_shape(task.loss, model, batch, jr.key(1))
+    assert loss.shape == ()
 
 
 def test_spiral_report_runs():

@@ -429,13 +429,15 @@ def test_sde_missing_experiment_wiring():
     assert exp.family == "nde" and exp.metric == "test_accuracy"
     assert exp.higher_is_better and exp.target == 0.9
     task = exp.setup(True, jr.key(0))
+    # Traced, not compiled: that the loss and a vmapped evaluate (as `sweep` runs
+    # them) compose is a property of tracing; their values are the quick mode's test
+    # (test_cli), which trains and evaluates this task.
     batch = jtu.tree_map(lambda a: a[:4], task.data)
     panel = task.make_model(task.hparams, jr.key(0))
-    loss = eqx.filter_jit(task.loss)(panel, batch, jr.key(1))
-    assert loss.shape == () and bool(jnp.isfinite(loss))
+    loss = eqx.filter_eval_shape(task.loss, panel, batch, jr.key(1))
+    assert loss.shape == ()
     panels = eqx.filter_vmap(lambda k: task.make_model(task.hparams, k))(
         jr.split(jr.key(2), 2)
     )
-    accuracy = eqx.filter_jit(eqx.filter_vmap(task.evaluate))(panels)
+    accuracy = eqx.filter_eval_shape(eqx.filter_vmap(task.evaluate), panels)
     assert accuracy.shape == (2,)
-    assert bool(jnp.all((accuracy >= 0) & (accuracy <= 1)))
