@@ -18,6 +18,13 @@ from ._irregular import (
 )
 from ._lpn import laplace_denoising as laplace_denoising
 from ._patterns import binary_patterns as binary_patterns
+from ._pde import (
+    antiderivative_1d as antiderivative_1d,
+    burgers_1d as burgers_1d,
+    darcy_2d as darcy_2d,
+    diffusion_operator_2d as diffusion_operator_2d,
+    poisson_2d as poisson_2d,
+)
 from ._regression import regression_1d as regression_1d, regression_nd as regression_nd
 from ._sequence import (
     copy_task as copy_task,
