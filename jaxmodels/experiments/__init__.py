@@ -9,6 +9,7 @@ from . import (
     kernels as kernels,
     memory as memory,
     nde as nde,
+    operators as operators,
     signal as signal,
 )
 from ._registry import (
