@@ -20,6 +20,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ... import data as jmd, operators
+from ..._core import tree_size
 from .._registry import Experiment, Task, register
 
 
@@ -101,9 +102,7 @@ def _burgers_setup(quick: bool, key: PRNGKeyArray) -> Task:
             "test_relative_l2_train_res": at_res,
             "test_relative_l2_zero_shot": zero_shot,
             "zero_shot_ratio": zero_shot / at_res,
-            "parameters": sum(
-                x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-            ),
+            "parameters": tree_size(model),
         }
 
     return Task(

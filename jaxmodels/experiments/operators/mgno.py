@@ -30,6 +30,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ... import data as jmd, operators
 from .._registry import Experiment, Task, register
+from .fno import _relative_l2 as relative_l2
 
 
 class DarcyMgNO(eqx.Module):
@@ -74,9 +75,7 @@ def real_parameter_count(model: PyTree) -> int:
 
 
 def _relative_l2(model: Any, a: Array, u: Array) -> Float[Array, ""]:
-    pred = jax.vmap(model)(a)
-    err = jnp.sqrt(jnp.sum((pred - u) ** 2, axis=(1, 2, 3)))
-    return jnp.mean(err / jnp.sqrt(jnp.sum(u**2, axis=(1, 2, 3))))
+    return jnp.mean(relative_l2(jax.vmap(model)(a), u))
 
 
 def _loss(model: Any, batch: PyTree, key: PRNGKeyArray) -> Float[Array, ""]:
