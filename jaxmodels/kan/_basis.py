@@ -1,0 +1,200 @@
+"""Univariate bases of a KAN edge, and B-splines on a per-input knot vector."""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+
+class AbstractBasis(eqx.Module):
+    """A family of univariate functions, evaluated at every input coordinate.
+
+    A KAN edge `phi_{j,i}` is a linear combination of the functions of a basis evaluated
+    at its input `x_i`; a basis says which functions. A concrete basis owns the field
+    `in_features` (the number of input coordinates, since a basis may hold data per
+    input, such as a spline's knots), the property `size` (functions per input) and
+    `__call__`, which evaluates all `size` functions at each of the `in_features`
+    coordinates. Array leaves that must not be trained (knots, centres) are wrapped in
+    `jax.lax.stop_gradient` where they are used.
+    """
+
+    in_features: eqx.AbstractVar[int]
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """The number of basis functions per input coordinate."""
+
+    @abc.abstractmethod
+    def __call__(
+        self, x: Float[Array, " {self.in_features}"]
+    ) -> Float[Array, "{self.in_features} {self.size}"]:
+        """**Arguments:**
+
+        - `x`: one input vector, shape `(in_features,)`.
+
+        **Returns:** every basis function at every coordinate, shape
+        `(in_features, size)`.
+        """
+
+
+def bspline(
+    x: Float[Array, ""], grid: Float[Array, " knots"], order: int
+) -> Float[Array, " size"]:
+    """All B-splines of one order on one knot vector, at one point.
+
+    The Cox-de Boor recursion, vectorised over the basis index: the order-0 splines are
+    the indicators of the half-open knot intervals `[t_i, t_{i+1})`, and
+    `B_{i,p}(x) = (x - t_i) / (t_{i+p} - t_i) B_{i,p-1}(x)
+    + (t_{i+p+1} - x) / (t_{i+p+1} - t_{i+1}) B_{i+1,p-1}(x)`. A term whose knot
+    difference is zero (repeated knots) is taken as zero, the usual convention. Outside
+    `[t_0, t_last)` every spline is zero. On the interior of a KAN grid (the knots
+    `order, ..., knots - order - 1`) the splines sum to one.
+
+    **Arguments:**
+
+    - `x`: the point, a scalar.
+    - `grid`: the knot vector `t`, shape `(knots,)`, non-decreasing.
+    - `order`: the spline order `k` (polynomial degree), `>= 0`.
+
+    **Returns:** the `knots - order - 1` values `B_{i,k}(x)`.
+
+    **Raises:** `ValueError` if `order` is negative or there are fewer than `order + 2`
+    knots.
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise ValueError(f"`order` must be an int >= 0, got {order!r}.")
+    if grid.ndim != 1 or grid.shape[0] < order + 2:
+        raise ValueError(
+            f"`grid` must be a knot vector of at least `order + 2` = {order + 2} knots, "
+            f"got shape {grid.shape}."
+        )
+    t = grid
+    b = ((x >= t[:-1]) & (x < t[1:])).astype(jnp.result_type(x, t))
+    for p in range(1, order + 1):
+        b = (
+            _ratio(x - t[: -(p + 1)], t[p:-1] - t[: -(p + 1)]) * b[:-1]
+            + _ratio(t[p + 1 :] - x, t[p + 1 :] - t[1:-p]) * b[1:]
+        )
+    return b
+
+
+def _ratio(num: Array, den: Array) -> Array:
+    # Zero denominators come from repeated knots; both the term and its gradient are 0.
+    zero = den == 0
+    return jnp.where(zero, 0.0, num / jnp.where(zero, 1.0, den))
+
+
+def uniform_grid(
+    lo: Float[Array, " in_features"],
+    hi: Float[Array, " in_features"],
+    grid_size: int,
+    order: int,
+) -> Float[Array, "in_features knots"]:
+    """Uniform knots on `[lo, hi]` per input, extended by `order` knots each side."""
+    steps = jnp.arange(-order, grid_size + order + 1, dtype=lo.dtype)
+    h = (hi - lo) / grid_size
+    return lo[:, None] + steps[None, :] * h[:, None]
+
+
+class BSpline(AbstractBasis):
+    """B-splines of order `k` on a grid of `G` intervals per input (the KAN basis).
+
+    As in Liu et al., "KAN: Kolmogorov-Arnold Networks" (2024) and pykan: `G + 1` knots
+    on `grid_range`, extended by `k` knots of the same spacing beyond each end, give
+    `G + k` B-splines per input, which sum to one on `grid_range`. Each input has its
+    own knot vector (a row of `grid`), so that `update_grid` can adapt the knots to the
+    data per input. The knots are not trained (they are read under
+    `jax.lax.stop_gradient`).
+    """
+
+    grid: Float[Array, "in_features knots"]
+    in_features: int = eqx.field(static=True)
+    grid_size: int = eqx.field(static=True)
+    order: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        grid_size: int = 5,
+        order: int = 3,
+        grid_range: tuple[float, float] = (-1.0, 1.0),
+        grid: Float[Array, "in_features knots"] | None = None,
+    ):
+        """**Arguments:**
+
+        - `in_features`: the number of input coordinates.
+        - `grid_size`: the number `G` of grid intervals.
+        - `order`: the spline order `k` (3: cubic splines).
+        - `grid_range`: `(lo, hi)`, the interval the uniform grid spans.
+        - `grid`: explicit knots, shape `(in_features, grid_size + 2 * order + 1)`,
+            already extended (used by `update_grid` and `extend_grid`); overrides
+            `grid_range`.
+
+        **Raises:** `ValueError` for `in_features < 1`, `grid_size < 1`, `order < 0`,
+        `grid_range` with `lo >= hi`, or a `grid` of the wrong shape.
+        """
+        if (
+            isinstance(in_features, bool)
+            or not isinstance(in_features, int)
+            or in_features < 1
+        ):
+            raise ValueError(f"`in_features` must be an int >= 1, got {in_features!r}.")
+        if (
+            isinstance(grid_size, bool)
+            or not isinstance(grid_size, int)
+            or grid_size < 1
+        ):
+            raise ValueError(f"`grid_size` must be an int >= 1, got {grid_size!r}.")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise ValueError(f"`order` must be an int >= 0, got {order!r}.")
+        knots = grid_size + 2 * order + 1
+        if grid is None:
+            lo, hi = grid_range
+            if not lo < hi:
+                raise ValueError(
+                    f"`grid_range` must be (lo, hi) with lo < hi, got {grid_range!r}."
+                )
+            # Built with numpy: eager jnp ops would compile a kernel per shape.
+            steps = np.arange(-order, grid_size + order + 1) * (hi - lo) / grid_size
+            grid = jnp.asarray(
+                np.broadcast_to(lo + steps, (in_features, knots)),
+                dtype=jnp.result_type(float),
+            )
+        elif grid.shape != (in_features, knots):
+            raise ValueError(
+                f"`grid` must have shape (in_features, grid_size + 2 * order + 1) = "
+                f"{(in_features, knots)}, got {grid.shape}."
+            )
+        self.grid = grid
+        self.in_features = in_features
+        self.grid_size = grid_size
+        self.order = order
+
+    @property
+    def size(self) -> int:
+        return self.grid_size + self.order
+
+    def __call__(
+        self, x: Float[Array, " {self.in_features}"]
+    ) -> Float[Array, "{self.in_features} {self.size}"]:
+        """**Arguments:**
+
+        - `x`: one input vector, shape `(in_features,)`.
+
+        **Returns:** the `G + k` B-splines at each coordinate, shape
+        `(in_features, G + k)`.
+
+        **Raises:** `ValueError` if `x` does not have shape `(in_features,)`.
+        """
+        if x.shape != (self.in_features,):
+            raise ValueError(
+                f"`x` must have shape (in_features,) = ({self.in_features},), "
+                f"got {x.shape}."
+            )
+        grid = jax.lax.stop_gradient(self.grid)
+        return jax.vmap(lambda xi, gi: bspline(xi, gi, self.order))(x, grid)
