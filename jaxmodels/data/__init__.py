@@ -12,11 +12,13 @@ from ._classification import (
     two_spirals as two_spirals,
 )
 from ._clusters import anisotropic_blobs as anisotropic_blobs, rings as rings
+from ._feynman import feynman as feynman, feynman_equations as feynman_equations
 from ._irregular import (
     damped_sines as damped_sines,
     irregular_spirals as irregular_spirals,
 )
 from ._lpn import laplace_denoising as laplace_denoising
+from ._manifold import manifold as manifold
 from ._patterns import binary_patterns as binary_patterns
 from ._pde import (
     antiderivative_1d as antiderivative_1d,
