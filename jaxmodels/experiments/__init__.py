@@ -6,6 +6,7 @@ this package imports them all.
 
 from . import (
     implicit as implicit,
+    kan as kan,
     kernels as kernels,
     memory as memory,
     nde as nde,
