@@ -70,7 +70,7 @@ def _loss(model: Any, batch: Array, key: PRNGKeyArray) -> Float[Array, ""]:
 
 
 def _plot(model: kan.KANAutoencoder, ax: Any, *, show: Array) -> None:
-    codes = eqx.filter_jit(jax.vmap(model.encode))(show)
+    codes = eqx.filter_jit(lambda m, x: jax.vmap(m.encode)(x))(model, show)
     ax.scatter(np.asarray(codes[:, 0]), np.asarray(codes[:, 1]), s=4)
     ax.set_xlabel("code 1")
     ax.set_ylabel("code 2")

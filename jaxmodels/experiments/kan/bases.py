@@ -60,8 +60,9 @@ class _Variant(eqx.Module):
     """A selectable KAN whose logits are either learned (`free = 1`) or fixed."""
 
     model: kan.KAN
-    fixed: Float[Array, "layers nodes bases"]
-    free: Float[Array, ""]
+    # `*batch`: the variants are built batched (one per task and basis) and vmapped.
+    fixed: Float[Array, "*batch layers nodes bases"]
+    free: Float[Array, "*batch"]
 
     def __call__(self, x: Float[Array, " 2"], *, key=None) -> Float[Array, " 1"]:
         fixed = jax.lax.stop_gradient(self.fixed)

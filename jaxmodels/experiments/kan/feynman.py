@@ -50,7 +50,7 @@ def _dataset(key: PRNGKeyArray, n: int) -> tuple[Array, Array]:
         x, y = jmd.feynman(k, n, equation=equation)
         lo = jnp.array([r[0] for r in ranges[equation][1]])
         hi = jnp.array([r[1] for r in ranges[equation][1]])
-        x = 2 * (x - lo) / (hi - lo) - 1
+        x = 2 * (x - lo[None]) / (hi - lo)[None] - 1
         xs.append(jnp.pad(x, ((0, 0), (0, _DIM - x.shape[1]))))
         ys.append(y)
     return jnp.stack(xs), jnp.stack(ys)
