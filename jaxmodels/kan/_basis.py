@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._core import check_positive_int
+
 
 class AbstractBasis(eqx.Module):
     """A family of univariate functions, evaluated at every input coordinate.
@@ -138,18 +140,8 @@ class BSpline(AbstractBasis):
         **Raises:** `ValueError` for `in_features < 1`, `grid_size < 1`, `order < 0`,
         `grid_range` with `lo >= hi`, or a `grid` of the wrong shape.
         """
-        if (
-            isinstance(in_features, bool)
-            or not isinstance(in_features, int)
-            or in_features < 1
-        ):
-            raise ValueError(f"`in_features` must be an int >= 1, got {in_features!r}.")
-        if (
-            isinstance(grid_size, bool)
-            or not isinstance(grid_size, int)
-            or grid_size < 1
-        ):
-            raise ValueError(f"`grid_size` must be an int >= 1, got {grid_size!r}.")
+        check_positive_int(in_features, "in_features")
+        check_positive_int(grid_size, "grid_size")
         if isinstance(order, bool) or not isinstance(order, int) or order < 0:
             raise ValueError(f"`order` must be an int >= 0, got {order!r}.")
         knots = grid_size + 2 * order + 1

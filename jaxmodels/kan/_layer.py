@@ -10,13 +10,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._core import check_positive_int
 from ._basis import AbstractBasis, BSpline
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
-    return value
 
 
 class AbstractKANLayer(eqx.Module):
@@ -123,8 +118,8 @@ class KANLayer(AbstractKANLayer):
         **Raises:** `ValueError` for non-positive sizes or a basis for a different
         number of inputs.
         """
-        _positive_int(in_features, "in_features")
-        _positive_int(out_features, "out_features")
+        check_positive_int(in_features, "in_features")
+        check_positive_int(out_features, "out_features")
         if basis is None:
             basis = BSpline(in_features)
         elif basis.in_features != in_features:
