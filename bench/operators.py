@@ -18,9 +18,20 @@ weights (ours are copied into neuraloperator's), and both have 357217 parameters
   planned buffer assignment against the eager allocator's observed peak), so the ratio
   is indicative, not exact.
 
+- The C library's allocator matters on CPU, to both sides alike. XLA:CPU allocates a
+  step's temporaries as one block (here about 270 MB), which glibc's malloc maps fresh
+  with `mmap` on every call and the kernel then faults in page by page (68000 faults a
+  step on our test VM, over a third of its time); torch's many smaller tensors mostly
+  reuse the heap. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35+) malloc asks
+  for transparent huge pages and the faults almost vanish. Both peers run in this one
+  process, so a run measures both under the same setting; the `malloc` setting in the
+  report says which. Record one run of each:
+
     python bench/operators.py [--quick] [--repeats N] [--json PATH] [--record]
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python bench/operators.py --record
 """
 
+import os
 import time
 
 import equinox as eqx
@@ -236,6 +247,7 @@ def main():
             "loss": "relative L2",
             "repeats": repeats,
             "torch_threads": torch.get_num_threads(),
+            "malloc": os.environ.get("GLIBC_TUNABLES", "glibc default"),
         },
         notes=[
             "ms: median wall time of one training step (forward, backward, Adam), "

@@ -298,6 +298,29 @@ def test_grad_matches_finite_differences(x64):
     np.testing.assert_allclose(predicted, fd, rtol=1e-6)
 
 
+def test_exact_gelu_and_its_derivatives(x64):
+    # The FNO's GELU is written with erf and a hand-given derivative (for speed); it
+    # must equal the erfc form of jax.nn.gelu, with its first and second derivatives,
+    # at float64 and (to float32 rounding) at float32.
+    from jaxmodels.operators._fno import _exact_gelu
+
+    x = jnp.linspace(-8.0, 8.0, 2001, dtype=jnp.float64)
+    ref = lambda v: jax.nn.gelu(v, approximate=False)  # noqa: E731
+    d1 = jax.vmap(jax.grad(_exact_gelu))
+    d2 = jax.vmap(jax.grad(jax.grad(_exact_gelu)))
+    np.testing.assert_allclose(_exact_gelu(x), ref(x), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        d1(x), jax.vmap(jax.grad(ref))(x), rtol=1e-13, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        d2(x), jax.vmap(jax.grad(jax.grad(ref)))(x), rtol=1e-12, atol=1e-15
+    )
+    x32 = x.astype(jnp.float32)
+    assert _exact_gelu(x32).dtype == jnp.float32
+    assert d1(x32).dtype == jnp.float32
+    np.testing.assert_allclose(_exact_gelu(x32), ref(x32), rtol=1e-6, atol=1e-6)
+
+
 # --- errors ---------------------------------------------------------------------------
 
 

@@ -14,9 +14,25 @@ from jaxtyping import Array, Complex, Float, PRNGKeyArray
 from .._core import check_positive, check_positive_int
 
 
+@jax.custom_jvp
 def _exact_gelu(x: Array) -> Array:
-    # The erf form, as torch's F.gelu (neuraloperator's default), not the tanh form.
-    return jax.nn.gelu(x, approximate=False)
+    # The erf form, `x Phi(x)` with `Phi(x) = (1 + erf(x / sqrt 2)) / 2`, as torch's
+    # F.gelu (neuraloperator's default), not the tanh form. Written with `erf` rather
+    # than `jax.nn.gelu(approximate=False)`'s `erfc`, which XLA:CPU evaluates about
+    # 2.5x slower, and with its derivative `Phi(x) + x phi(x)` given directly.
+    return x * _normal_cdf(x)
+
+
+def _normal_cdf(x: Array) -> Array:
+    return 0.5 * (1 + lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
+@_exact_gelu.defjvp
+def _exact_gelu_jvp(primals, tangents):
+    ((x,), (dx,)) = primals, tangents
+    cdf = _normal_cdf(x)
+    pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
+    return x * cdf, (cdf + x * pdf) * dx
 
 
 def _check_modes(modes: Sequence[int] | int) -> tuple[int, ...]:
