@@ -80,6 +80,26 @@ def test_bspline_partition_of_unity_scipy_and_derivative(x64):
     np.testing.assert_allclose(d, expect, atol=1e-10)
 
 
+def test_bspline_derivatives_match_finite_differences(x64):
+    # bspline's derivative is hand-given (a custom JVP); check it, its reverse mode and
+    # its second derivative against central differences of the values, on non-uniform
+    # knots away from them (the splines are smooth between knots).
+    t = jnp.asarray([-1.3, -1.0, -0.7, -0.1, 0.2, 0.25, 0.8, 1.1, 1.6, 2.0])
+    k = 3
+    x = jnp.asarray([-0.4, 0.0, 0.5, 0.9, 1.3])
+    f = lambda v: kan.bspline(v, t, k)  # noqa: E731
+    eps = 1e-5
+    fd1 = (jax.vmap(f)(x + eps) - jax.vmap(f)(x - eps)) / (2 * eps)
+    fwd = jax.vmap(jax.jacfwd(f))(x)
+    rev = jax.vmap(jax.jacrev(f))(x)
+    np.testing.assert_allclose(fwd, fd1, atol=1e-8)
+    np.testing.assert_allclose(rev, fwd, atol=1e-14)
+    d1 = jax.jacfwd(f)
+    fd2 = (jax.vmap(d1)(x + eps) - jax.vmap(d1)(x - eps)) / (2 * eps)
+    np.testing.assert_allclose(jax.vmap(jax.jacfwd(d1))(x), fd2, atol=1e-6)
+    assert float(jnp.abs(fd2).max()) > 0.1
+
+
 def test_bspline_reproduces_polynomials_up_to_its_order(x64):
     k = 3
     basis = kan.BSpline(1, grid_size=6, order=k, grid_range=(-1.0, 2.0))
