@@ -136,6 +136,9 @@ def machine() -> dict[str, Any]:
         "cores": cores(),
         "jax_backend": jax.default_backend(),
         "load_avg_1min": round(load, 2),
+        # glibc's allocator setting: XLA:CPU's per-call temporaries can cost page faults
+        # by the tens of thousands under the default (bench/operators.py's docstring).
+        "malloc": os.environ.get("GLIBC_TUNABLES", "glibc default"),
         "source": source_digest(),
     }
 
@@ -368,7 +371,8 @@ def record(
         f"## {name}{mode}, {now}",
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores, JAX backend "
-        f"{info['jax_backend']}, load average {info['load_avg_1min']} at start",
+        f"{info['jax_backend']}, load average {info['load_avg_1min']} at start, "
+        f"malloc: {info['malloc']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
     ]

@@ -47,7 +47,8 @@ Each side gets its best documented setting:
   mmap threshold (at most 32 MB). jaxkan's [16, 32, 32, 1] step crosses it, ours does
   not, and its time then depends on the allocator's history (25 or 44 ms in two runs).
   `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35+) removes most of the faults for
-  every library in the process; the `malloc` setting in the report says which was used.
+  every library in the process; the `malloc` entry of the report's machine line says
+  which was used.
   Record a run under it beside the default one.
 
     python bench/kan.py [--quick] [--repeats N] [--pykan-compile] [--json PATH] [--record]
@@ -55,7 +56,6 @@ Each side gets its best documented setting:
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -492,7 +492,6 @@ def main_bench(args):
             "loss": "MSE",
             "repeats": repeats,
             "torch_threads": torch.get_num_threads(),
-            "malloc": os.environ.get("GLIBC_TUNABLES", "glibc default"),
         },
         notes=[
             "ms: median wall time of one training step (forward, backward, Adam) on a "

@@ -24,14 +24,13 @@ weights (ours are copied into neuraloperator's), and both have 357217 parameters
   step on our test VM, over a third of its time); torch's many smaller tensors mostly
   reuse the heap. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35+) malloc asks
   for transparent huge pages and the faults almost vanish. Both peers run in this one
-  process, so a run measures both under the same setting; the `malloc` setting in the
-  report says which. Record one run of each:
+  process, so a run measures both under the same setting; the `malloc` entry of the
+  report's machine line says which. Record one run of each:
 
     python bench/operators.py [--quick] [--repeats N] [--json PATH] [--record]
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python bench/operators.py --record
 """
 
-import os
 import time
 
 import equinox as eqx
@@ -247,7 +246,6 @@ def main():
             "loss": "relative L2",
             "repeats": repeats,
             "torch_threads": torch.get_num_threads(),
-            "malloc": os.environ.get("GLIBC_TUNABLES", "glibc default"),
         },
         notes=[
             "ms: median wall time of one training step (forward, backward, Adam), "
