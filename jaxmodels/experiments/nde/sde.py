@@ -28,7 +28,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
             "length": 32,
             "hidden": 16,
             "width": 32,
-            "dt0": 0.25,
+            "dt0": 0.5,
             "steps": 300,
             "train_rates": (0.3,),
         }
