@@ -4,7 +4,8 @@ The configuration of the issue: a 2-D FNO with 12 x 12 modes, width 32, 4 layers
 input and one output channel (plus the two grid channels both add), on a 64 x 64 grid,
 batch 16, float32, Adam (lr 1e-3) on the relative L2 loss. Both models hold the same
 weights (ours are copied into neuraloperator's), and both have 357217 parameters
-(checked). Before timing, the two forward passes are compared on the same batch.
+(torch's count, a complex entry once; checked as real scalars). Before timing, the two
+forward passes are compared on the same batch.
 
 - Time: one training step (forward, backward, Adam update), median over `--repeats`
   steps after a warm-up; JAX's compilation (the first call) is reported separately.
@@ -131,7 +132,9 @@ def to_torch(model):
     linear("projection.fcs.1", model.projection.second)
     b, d = model.blocks, len(MODES)
     for i in range(DEPTH):
-        sd[f"fno_blocks.convs.{i}.weight.tensor"] = np.asarray(b.conv.weight.weight[i])
+        sd[f"fno_blocks.convs.{i}.weight.tensor"] = np.asarray(
+            b.conv.weight.weight.value[i]
+        )
         sd[f"fno_blocks.convs.{i}.bias"] = np.asarray(b.conv.bias[i]).reshape((-1,) + (1,) * d)  # fmt: skip
         sd[f"fno_blocks.fno_skips.{i}.conv.weight"] = np.asarray(b.skip.weight[i])[..., None]  # fmt: skip
         for j, layer in enumerate([b.mlp.first, b.mlp.second]):
@@ -200,15 +203,17 @@ def main():
     set_torch_threads(cores())
     model = jmo.FNO(1, 1, modes=MODES, width=WIDTH, depth=DEPTH, key=jr.key(0))
     net = to_torch(model)
+    # Real scalars: ours stores a complex weight as two real arrays; torch's `numel`
+    # counts a complex entry once (357217 parameters by its count).
     n_ours = tree_size(model)
-    n_peer = sum(p.numel() for p in net.parameters())
+    n_peer = sum(p.numel() * (2 if p.is_complex() else 1) for p in net.parameters())
     assert n_ours == n_peer, (n_ours, n_peer)
     x, y = data()
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     out = np.asarray(eqx.filter_jit(lambda m, v: jax.vmap(m)(v))(model, jnp.asarray(x)))
     fwd_diff = float(np.abs(out - ref).max() / np.abs(ref).max())
-    print(f"parameters: ours {n_ours}, neuraloperator {n_peer}")
+    print(f"real scalars: ours {n_ours}, neuraloperator {n_peer}")
     print(f"forward max |ours - theirs| / max |theirs| = {fwd_diff:.2e}")
 
     a = ours(model, x, y, repeats)

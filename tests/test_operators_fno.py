@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
+import optax
 import pytest
 
 import jaxmodels.operators as jmo
@@ -135,6 +136,13 @@ def test_spectral_conv_resolution_invariance():
 # --- parameter counts against neuraloperator 2.0 (counted once with torch) ------------
 
 
+def _complex_entries(model) -> int:
+    """Complex parameters' entries: each is stored as two real leaves (real, imag)."""
+    is_complex = lambda x: type(x).__name__ == "_Complex"  # noqa: E731
+    leaves = jtu.tree_leaves(model, is_leaf=is_complex)
+    return sum(leaf.imag.size for leaf in leaves if is_complex(leaf))
+
+
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
@@ -171,8 +179,10 @@ def test_spectral_conv_resolution_invariance():
 )
 def test_parameter_count_matches_neuraloperator(kwargs, expected):
     cin, cout = kwargs.pop("in_channels"), kwargs.pop("out_channels")
-    # `tree_size` counts one per complex entry, as torch's `numel`.
-    assert tree_size(_numpy_weights(_shapes(jmo.FNO, cin, cout, **kwargs))) == expected
+    model = _numpy_weights(_shapes(jmo.FNO, cin, cout, **kwargs))
+    # `tree_size` counts real scalars, two per complex entry; torch's `numel` one.
+    assert _complex_entries(model) > 0
+    assert tree_size(model) - _complex_entries(model) == expected
 
 
 # Outputs of neuraloperator 2.0's FNO(n_modes=(4, 4), in_channels=1, out_channels=1,
@@ -220,8 +230,9 @@ def test_cp_factorisation():
     modes, rank = (8, 8), 64
     cp = jmo.SpectralConv(16, 16, modes, factorisation="cp", rank=rank, key=jr.key(4))
     dense = _numpy_weights(_shapes(jmo.SpectralConv, 16, 16, modes))
-    assert tree_size(cp) == 16 + rank * (1 + 16 + 16 + 8 + 5)
-    assert tree_size(cp) < tree_size(dense) == 16 + 16 * 16 * 8 * 5
+    # Real scalars: the bias, then two per complex entry.
+    assert tree_size(cp) == 16 + 2 * rank * (1 + 16 + 16 + 8 + 5)
+    assert tree_size(cp) < tree_size(dense) == 16 + 2 * 16 * 16 * 8 * 5
     # The reconstruction is the sum of rank-one outer products of the factors...
     w = np.asarray(cp.weight.weights)
     factors = [np.asarray(f) for f in cp.weight.factors]
@@ -362,3 +373,38 @@ def test_bad_inputs():
             jax.eval_shape(conv, jnp.zeros((2, 16, 5)))
         with pytest.raises(ValueError, match="`in_channels`"):
             jax.eval_shape(conv, jnp.zeros((1, 16, 16)))
+
+
+def test_parameters_are_real_and_plain_adam_recovers_a_spectral_conv():
+    # Complex weights are stored as real and imaginary parts, so `jax.grad` gives
+    # descent directions to any optimiser: a hand-written optax loop (not `fit`, which
+    # also conjugates complex gradients) recovers a teacher's weights.
+    teacher = _numpy_weights(_shapes(jmo.SpectralConv, 2, 2, (6,)), seed=3, scale=0.3)
+    student = _numpy_weights(_shapes(jmo.SpectralConv, 2, 2, (6,)), seed=4, scale=0.3)
+    leaves = jtu.tree_leaves(eqx.filter(student, eqx.is_inexact_array))
+    assert leaves and not any(jnp.iscomplexobj(leaf) for leaf in leaves)
+    x = _normal((32, 2, 16))
+    y = jax.vmap(teacher)(x)
+    optim = optax.adam(3e-2)
+
+    @eqx.filter_jit
+    def train(model):
+        def step(carry, _):
+            model, state = carry
+            loss, grads = eqx.filter_value_and_grad(
+                lambda m: jnp.mean((jax.vmap(m)(x) - y) ** 2)
+            )(model)
+            updates, state = optim.update(grads, state, model)
+            return (eqx.apply_updates(model, updates), state), loss
+
+        state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+        (model, _), losses = jax.lax.scan(step, (model, state), None, length=500)
+        return model, losses
+
+    trained, losses = train(student)
+    assert float(losses[-1]) < 1e-6 * float(losses[0])
+    # Every weight the output depends on: the imaginary part at frequency 0 does not
+    # reach a real output (and so keeps its initial value).
+    w, w_true = trained.weight_tensor(), teacher.weight_tensor()
+    np.testing.assert_allclose(w[..., 1:], w_true[..., 1:], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(w[..., 0].real, w_true[..., 0].real, rtol=0, atol=1e-3)

@@ -53,10 +53,30 @@ def _kept_sizes(modes: tuple[int, ...]) -> tuple[int, ...]:
     return (*modes[:-1], modes[-1] // 2 + 1)
 
 
-def _complex_normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Array:
+class _Complex(eqx.Module):
+    """A complex parameter stored as its real and imaginary parts, two real arrays.
+
+    `jax.grad` of a real loss with respect to a complex leaf is the *conjugate* of the
+    steepest-descent direction, so an optimiser that treats it as a gradient (every
+    optax one) climbs along the imaginary parts: measured, `optax.adam` on
+    `|z - (1 + i)|^2` from 0 ends at `0.98 - 14.1i`. Stored as two real leaves, the
+    parameter gets real gradients that any optimiser (and weight decay) handles
+    correctly.
+    """
+
+    real: Float[Array, "..."]
+    imag: Float[Array, "..."]
+
+    @property
+    def value(self) -> Complex[Array, "..."]:
+        return lax.complex(self.real, self.imag)
+
+
+def _complex_normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> _Complex:
     # A complex normal of variance std^2 (real and imaginary parts std / sqrt 2), as
     # torch's `normal_` on a complex tensor.
-    return std * jr.normal(key, shape, jnp.complex64)
+    z = std * jr.normal(key, shape, jnp.complex64)
+    return _Complex(jnp.real(z), jnp.imag(z))
 
 
 def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: int) -> Array:
@@ -68,23 +88,32 @@ def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: int) -> Array:
 
 
 class _DenseWeight(eqx.Module):
-    weight: Complex[Array, "in out *kept"]
+    weight: _Complex  # (in, out, *kept)
 
     def tensor(self) -> Complex[Array, "in out *kept"]:
-        return self.weight
+        return self.weight.value
 
     def contract(self, x: Complex[Array, " in *kept"]) -> Complex[Array, " out *kept"]:
-        return jnp.einsum("i...,io...->o...", x, self.weight)
+        return jnp.einsum("i...,io...->o...", x, self.weight.value)
 
 
 class _CPWeight(eqx.Module):
-    weights: Complex[Array, " rank"]
-    factors: tuple[Complex[Array, "_ rank"], ...]
+    rank_weights: _Complex  # (rank,)
+    factor_parts: tuple[_Complex, ...]  # (n, rank) each
+
+    @property
+    def weights(self) -> Complex[Array, " rank"]:
+        return self.rank_weights.value
+
+    @property
+    def factors(self) -> tuple[Complex[Array, "_ rank"], ...]:
+        return tuple(f.value for f in self.factor_parts)
 
     def tensor(self) -> Complex[Array, "in out *kept"]:
-        letters = "abcdefgh"[: len(self.factors)]
+        factors = self.factors
+        letters = "abcdefgh"[: len(factors)]
         operands = ",".join(f"{c}r" for c in letters)
-        return jnp.einsum(f"r,{operands}->{letters}", self.weights, *self.factors)
+        return jnp.einsum(f"r,{operands}->{letters}", self.weights, *factors)
 
     def contract(self, x: Complex[Array, " in *kept"]) -> Complex[Array, " out *kept"]:
         # Contract the input with the factors directly, never forming the full tensor
@@ -187,7 +216,8 @@ class SpectralConv(eqx.Module):
             factors = tuple(
                 _complex_normal(k, (n, rank), scale) for k, n in zip(fkeys, shape)
             )
-            self.weight = _CPWeight(jnp.ones(rank, jnp.complex64), factors)
+            ones = _Complex(jnp.ones(rank), jnp.zeros(rank))
+            self.weight = _CPWeight(ones, factors)
         else:
             raise ValueError(
                 f"`factorisation` must be None or 'cp'; got {factorisation!r}."
@@ -441,7 +471,9 @@ class FNO(eqx.Module):
     a channel MLP with a soft-gated skip, GELU after each half except in the last block.
     This is neuraloperator 2.0's `FNO` with its defaults, parameter for parameter
     (neuraloperator's 2-D FNO with 12x12 modes, width 32 and 4 layers has 357217
-    parameters, and so does this one, a complex weight counting once). With
+    parameters, and so does this one, a complex weight counting once; each complex
+    weight is stored as two real arrays, so that `jax.grad` and any optax optimiser
+    descend along it). With
     `channel_mlp=False` a block is the original paper's `sigma(W v + K v)`. Li et al.,
     "Fourier neural operator for parametric partial differential equations" (ICLR 2021);
     Kovachki et al., "Neural operator: learning maps between function spaces" (JMLR

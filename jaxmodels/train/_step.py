@@ -25,6 +25,10 @@ from .._core import tree_allfinite, tree_where
 LossFn = Callable[..., Any]
 
 
+def _descent_direction(g: Array) -> Array:
+    return jnp.conj(g) if jnp.iscomplexobj(g) else g
+
+
 def loss_value(out: Any) -> Array:
     """The scalar loss of `loss(model, batch, key)`'s output: a scalar or `(scalar, aux)`.
 
@@ -119,6 +123,9 @@ def train_chunk(
         step_loss, grads = jax.value_and_grad(value)(
             params, batch, jr.fold_in(loss_key, s)
         )
+        # For a complex parameter, `jax.grad` gives the conjugate of the descent
+        # direction; optax expects the direction itself.
+        grads = jtu.tree_map(_descent_direction, grads)
         updates, new_opt_state = optim.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
         return step_loss, grads, new_params, new_opt_state, perm
