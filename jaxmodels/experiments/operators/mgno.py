@@ -178,8 +178,8 @@ mgno_darcy = register(
             "Darcy flow map a -> u; an FNO with as many parameters (within 10%) is "
             "trained the same way as the baseline. Metric: MgNO's relative L2 test "
             "error. Measured (seed 0): full mode (33x33, 1000 pairs, 1500 steps) MgNO "
-            "0.0195 (train 0.0180), FNO 0.157; quick mode (17x17, 200 pairs, 100 steps) "
-            "MgNO 0.127, FNO 0.606, hence the quick target 0.2."
+            "0.0195 (train 0.0181), FNO 0.0298; quick mode (17x17, 200 pairs, 100 "
+            "steps) MgNO 0.127, FNO 0.179, hence the quick target 0.2."
         ),
         metric="test_relative_l2",
         target=0.05,
