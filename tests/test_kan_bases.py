@@ -3,11 +3,14 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 from jaxmodels import data as jmd, kan
+from jaxmodels.experiments.kan import bases as kan_bases
+from jaxmodels.experiments.kan.feynman import fit_batched
 
-from .helpers import jaxtyping_off
+from .helpers import jaxtyping_off, tree_allclose
 
 
 _X = np.array([-1.7, -0.9, -0.31, 0.0, 0.42, 0.8, 1.3])
@@ -260,6 +263,13 @@ def test_kan_takes_every_basis():
     assert out.shape == (1,)
 
 
+_FIT = dict(steps=4, lr=1e-2, x_test=None, y_test=None)
+
+
+def _same(model, x, y):
+    return model
+
+
 @pytest.mark.parametrize(
     "make, name",
     [
@@ -282,6 +292,12 @@ def test_kan_takes_every_basis():
         (lambda: kan.Fourier(2)(jnp.zeros(3)), "x"),
         (lambda: jmd.feynman(jr.key(0), 4, equation="I.99"), "equation"),
         (lambda: jmd.feynman(jr.key(0), 0, equation="I.6.2"), "n"),
+        (lambda: fit_batched(None, None, None, **_FIT, switch=_same), "switch"),
+        (lambda: fit_batched(None, None, None, **_FIT, switch_step=2), "switch"),
+        (
+            lambda: fit_batched(None, None, None, **_FIT, switch=_same, switch_step=4),
+            "switch_step",
+        ),
     ],
 )
 def test_bad_inputs_raise(make, name):
@@ -321,3 +337,166 @@ def test_feynman_data():
     x1 = data["I.27.6"][0]
     np.testing.assert_array_equal(x1, sample(_key(5))["I.27.6"][0])
     assert not np.array_equal(x1, sample(_key(6))["I.27.6"][0])
+
+
+# The selectable KAN of the `kan-bases` experiment and its training recipe.
+
+
+def _skan(seed):
+    """The experiment's [2, 5, 1] selectable KAN with random coefficients, logits and
+    per-basis gains, at temperature 0.7: every basis, weight and option matters."""
+    rng = np.random.default_rng(seed)
+    model = kan.KAN([2, 5, 1], basis=kan_bases._selectable, key=_key(seed))
+    model = eqx.tree_at(
+        lambda m: (
+            [layer.basis.logits for layer in m.layers]
+            + [layer.coef for layer in m.layers]
+        ),
+        model,
+        [jnp.asarray(rng.standard_normal((n, 5))) for n in (2, 5)]
+        + [jnp.asarray(rng.uniform(-1, 1, layer.coef.shape)) for layer in model.layers],
+    )
+    gain = jnp.asarray(rng.uniform(0.5, 2.0, 5))
+    return kan_bases._Variant(
+        model, jnp.zeros((2, 5, 5)), jnp.array(1.0), gain, jnp.array(0.7)
+    )
+
+
+@eqx.filter_jit
+def _hard_and_reference(variant, x):
+    choice = variant.argmax_choice()
+    hard = variant.restricted(choice)
+    # Reference: each node's edges from the plain single-basis layer of its chosen
+    # basis, whose coefficients are the mixture's times that basis's gain and weight.
+    h = x
+    for i, layer in enumerate(variant.model.layers):
+        p = jax.nn.softmax(layer.basis.logits / variant.temperature, axis=-1)
+        edges, start = [], 0
+        for m, basis in enumerate(layer.basis.bases):
+            single = kan.KANLayer(
+                layer.in_features, layer.out_features, basis=basis, key=_key(0)
+            )
+            coef = layer.coef[..., start : start + basis.size] * variant.gain[m]
+            single = eqx.tree_at(
+                lambda s: (s.coef, s.scale_base, s.scale_spline, s.mask),
+                single,
+                (
+                    coef * p[None, :, m, None],
+                    layer.scale_base,
+                    layer.scale_spline,
+                    layer.mask,
+                ),
+            )
+            edges.append(jax.vmap(single.edges)(h))
+            start += basis.size
+        # (bases, points, out, in) -> the chosen basis's edges of every input node.
+        edges = jnp.stack(edges)
+        n_in = layer.in_features
+        h = edges[choice[i, :n_in], :, :, jnp.arange(n_in)].sum(0)
+    return choice, hard.logits(), jax.vmap(hard)(x), h, jax.vmap(variant)(x)
+
+
+def test_skan_hard_selection_is_the_single_basis_kan_of_the_argmax():
+    variant = _skan(0)
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (16, 2)))
+    choice, hard_logits, hard, want, soft = _hard_and_reference(variant, x)
+    choice = np.asarray(choice)
+    for i, layer in enumerate(variant.model.layers):
+        n_in = layer.in_features
+        selected = np.asarray(layer.basis.logits).argmax(-1)
+        np.testing.assert_array_equal(choice[i, :n_in], selected)
+        # The single-basis variants' frozen logits: 0 for the basis, -inf elsewhere.
+        one_hot = np.where(np.arange(5) == selected[:, None], 0.0, -np.inf)
+        np.testing.assert_array_equal(hard_logits[i], one_hot)
+    assert len(set(choice[1])) > 1, "the test needs nodes with different bases"
+    np.testing.assert_allclose(hard, want, rtol=1e-5, atol=1e-6)
+    # Dropping the other bases changes the function: the comparison is not vacuous.
+    assert not np.allclose(hard, soft, rtol=1e-2, atol=1e-3)
+
+
+def test_skan_gain_normalises_the_basis_mass():
+    xs = np.linspace(-1.0, 1.0, 201)
+    bases = kan_bases._selectable(1).bases
+    mass = eqx.filter_jit(lambda bases: [kan_bases._mass(b) for b in bases])(bases)
+    # B-splines are a partition of unity on their grid.
+    np.testing.assert_allclose(mass[0], 1.0, rtol=1e-5)
+    k = np.arange(1, 4)
+    fourier = np.abs(np.cos(np.outer(xs, k))) + np.abs(np.sin(np.outer(xs, k)))
+    np.testing.assert_allclose(mass[2], fourier.sum(-1).mean(), rtol=1e-5)
+    cheb = np.abs(np.polynomial.chebyshev.chebvander(np.tanh(xs), 5)).sum(-1).mean()
+    np.testing.assert_allclose(mass[1], cheb, rtol=1e-5)
+
+
+class _Toy(eqx.Module):
+    """A model with two parameter arrays and a temperature, for `fit_batched`."""
+
+    a: jax.Array
+    b: jax.Array
+    temperature: jax.Array
+
+    def __call__(self, x, *, key=None):
+        t = jax.lax.stop_gradient(self.temperature)
+        return jnp.tanh(self.a @ x / t)[None] + (self.b @ x) ** 2 + t
+
+
+def _loss(model, x, y):
+    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+
+@eqx.filter_jit
+def _fits(model, x, y):
+    batched = jax.tree.map(lambda a: a[None], model)
+    xb, yb = x[None], y[None]
+    fit = dict(x_test=xb, y_test=yb, lr=1e-2, return_models=True)
+    scale = _Toy(jnp.full((1, 1), 7.0), jnp.ones((1, 1)), jnp.ones(1))
+    plain = fit_batched(batched, xb, yb, steps=1, **fit)[2]
+    scaled = fit_batched(batched, xb, yb, steps=1, lr_scale=scale, **fit)[2]
+    one = fit_batched(batched, xb, yb, steps=4, **fit)
+    two = fit_batched(batched, xb, yb, steps=4, switch=_same, switch_step=2, **fit)
+
+    def anneal(m, t):
+        return eqx.tree_at(lambda m: m.temperature, m, 1.0 - t / 2)
+
+    annealed = fit_batched(batched, xb, yb, steps=3, anneal=anneal, **fit)
+    # Reference for the annealing: three Adam steps by hand, at temperatures 1, 5/6,
+    # 2/3 (t = 0, 1/3, 2/3), the test error at temperature 1/2 (t = 1).
+    optim = optax.adam(optax.cosine_decay_schedule(1e-2, 3, alpha=0.01))
+    state = optim.init(model)
+
+    def at(m, temperature):
+        return eqx.tree_at(lambda m: m.temperature, m, jnp.asarray(temperature))
+
+    for temperature in (1.0, 5 / 6, 2 / 3):
+        loss, grads = jax.value_and_grad(lambda m: _loss(at(m, temperature), x, y))(
+            model
+        )
+        updates, state = optim.update(grads, state, model)
+        model = optax.apply_updates(model, updates)
+    by_hand = (loss, jnp.sqrt(_loss(at(model, 0.5), x, y)))
+    return plain, scaled, one, two, annealed, by_hand
+
+
+def test_fit_batched_learning_rate_scale_switch_and_annealing():
+    rng = np.random.default_rng(3)
+    model = _Toy(
+        jnp.asarray(rng.standard_normal(2)),
+        jnp.asarray(rng.standard_normal(2)),
+        jnp.array(0.8),
+    )
+    x = jnp.asarray(rng.uniform(-1, 1, (12, 2)))
+    y = jnp.sin(3 * x[:, :1]) * x[:, 1:]
+    plain, scaled, one, two, annealed, by_hand = _fits(model, x, y)
+    # The multiplier scales `a`'s first Adam step (by 7) and nothing else.
+    step = np.asarray(plain.a[0] - model.a)
+    assert np.all(np.abs(step) > 1e-3)
+    np.testing.assert_allclose(scaled.a[0] - model.a, 7 * step, rtol=1e-5)
+    np.testing.assert_array_equal(scaled.b, plain.b)
+    np.testing.assert_array_equal(scaled.temperature, plain.temperature)
+    # A switch that changes nothing leaves the training as it was: the optimiser's
+    # state and schedule run on across it.
+    assert tree_allclose(one, two, rtol=1e-6, atol=1e-8)
+    assert float(one[1][0]) < float(jnp.sqrt(_loss(model, x, y)))
+    # `anneal` sees t = step / steps, and t = 1 for the test error and the result.
+    np.testing.assert_allclose(annealed[0][0], by_hand[0], rtol=1e-5)
+    np.testing.assert_allclose(annealed[1][0], by_hand[1], rtol=1e-5)
+    np.testing.assert_allclose(annealed[2].temperature, [0.5])

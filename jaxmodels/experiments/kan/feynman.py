@@ -17,6 +17,7 @@ reported beside it, with every equation's numbers and the fraction of equations 
 which the KAN wins.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -65,33 +66,99 @@ def fit_batched(
     lr: float,
     x_test: Float[Array, "batch m d"],
     y_test: Float[Array, "batch m 1"],
-) -> tuple[Array, Array]:
+    lr_scale: PyTree | None = None,
+    switch: Callable[[PyTree, Array, Array], PyTree] | None = None,
+    switch_step: int | None = None,
+    anneal: Callable[[PyTree, Array], PyTree] | None = None,
+    return_models: bool = False,
+) -> tuple[Array, Array] | tuple[Array, Array, PyTree]:
     """Train a batch of models, one per data set, by full-batch Adam; test RMSE each.
 
     The models are stacked along a leading axis (as `eqx.filter_vmap` makes them);
     the optimiser runs as one `lax.scan` per model, vmapped over the batch, under one
     `jit`. Leaves read under `stop_gradient` (knots, masks) get zero gradients and so
-    zero Adam updates. Returns the final training losses and the test RMSEs, shape
-    `(batch,)` each.
+    zero Adam updates.
+
+    **Arguments:**
+
+    - `models`, `x`, `y`: the stacked models and their training data, one set each.
+    - `steps`, `lr`: the number of Adam steps and the peak learning rate (cosine decay
+        to `lr / 100`).
+    - `x_test`, `y_test`: the test data, one set per model.
+    - `lr_scale`: optional learning-rate multipliers, a pytree with the structure of
+        `eqx.filter(models, eqx.is_inexact_array)` whose arrays are stacked along the
+        batch axis like the models' and broadcast (without rank promotion) against
+        one model's arrays: each Adam update is multiplied by its multiplier (1 for the
+        usual rate), which is Adam with that entry's learning rate scaled.
+    - `switch`, `switch_step`: optionally, a function `switch(model, x, y)` of each
+        (unbatched) model and its training data, applied after `switch_step` of the
+        `steps` steps (`0 < switch_step < steps`); training goes on from its result,
+        a model of the same structure, with the same optimiser state and schedule, as
+        a second `lax.scan`, for the remaining steps.
+    - `anneal`: optionally, a function `anneal(model, t)` of each (unbatched) model
+        and the fraction `t = step / steps` of training done, whose result is what
+        each step evaluates and what `switch` receives (the test error and the
+        returned models use `t = 1`), e.g. to set a temperature.
+    - `return_models`: also return the trained models.
+
+    **Returns:** the final training losses and the test RMSEs, shape `(batch,)` each,
+    and, with `return_models`, the trained models (stacked).
+
+    **Raises:** `ValueError` for a `switch` without a `switch_step` in
+    `(0, steps)`, or a `switch_step` without a `switch`.
     """
+    if (switch is None) != (switch_step is None):
+        raise ValueError("`switch` and `switch_step` must be given together.")
+    if switch_step is not None and not 0 < switch_step < steps:
+        raise ValueError(
+            f"`switch_step` must lie strictly between 0 and `steps` = {steps}, got "
+            f"{switch_step!r}."
+        )
     params, static = eqx.partition(models, eqx.is_inexact_array)
     optim = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
 
-    def mse(p, x, y):
+    def evaluated(p, t):
         model = eqx.combine(p, static)
-        return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+        return model if anneal is None else anneal(model, t)
 
-    def train(p, x, y, x_test, y_test):
-        def step(carry, _):
+    def mse(p, x, y, t=None):
+        return jnp.mean((jax.vmap(evaluated(p, t))(x) - y) ** 2)
+
+    def train(p, x, y, x_test, y_test, scale):
+        def step(carry, i):
             p, state = carry
-            loss, grads = jax.value_and_grad(mse)(p, x, y)
+            t = None if i is None else i / steps
+            loss, grads = jax.value_and_grad(mse)(p, x, y, t)
             updates, state = optim.update(grads, state, p)
+            if lr_scale is not None:
+                updates = jax.tree.map(lambda u, s: u * s, updates, scale)
             return (optax.apply_updates(p, updates), state), loss
 
-        (p, _), losses = jax.lax.scan(step, (p, optim.init(p)), None, length=steps)
-        return losses[-1], jnp.sqrt(mse(p, x_test, y_test))
+        # The step numbers are scanned over only where `anneal` needs them.
+        i = None if anneal is None else jnp.arange(steps)
+        carry = (p, optim.init(p))
+        if switch is None:
+            (p, _), losses = jax.lax.scan(step, carry, i, length=steps)
+        else:
+            first, rest = (
+                (None, None) if i is None else (i[:switch_step], i[switch_step:])
+            )
+            (p, state), _ = jax.lax.scan(step, carry, first, length=switch_step)
+            p = eqx.filter(
+                switch(evaluated(p, jnp.asarray(switch_step / steps)), x, y),
+                eqx.is_inexact_array,
+            )
+            carry = (p, state)
+            (p, _), losses = jax.lax.scan(step, carry, rest, length=steps - switch_step)
+        out = (losses[-1], jnp.sqrt(mse(p, x_test, y_test, jnp.asarray(1.0))))
+        if not return_models:
+            return out
+        return out + (eqx.filter(evaluated(p, jnp.asarray(1.0)), eqx.is_inexact_array),)
 
-    return jax.vmap(train)(params, x, y, x_test, y_test)
+    out = jax.vmap(train)(params, x, y, x_test, y_test, lr_scale)
+    if return_models:
+        return out[0], out[1], eqx.combine(out[2], static)
+    return out
 
 
 def count_parameters(model: PyTree) -> int:
