@@ -80,6 +80,33 @@ def test_bspline_partition_of_unity_scipy_and_derivative(x64):
     np.testing.assert_allclose(d, expect, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
+def test_bspline_with_repeated_knots_matches_the_textbook_recursion(x64, k):
+    # Repeated knots (clamped ends, a double interior knot) make some knot differences
+    # zero, the terms they divide taken as zero; bspline computes the recursion window
+    # by window, so check it against the one-spline-at-a-time recursion at every order,
+    # with the derivative from the order k - 1 splines.
+    t = np.array([-1.0] * (k + 1) + [-0.4, 0.1, 0.1, 0.6] + [1.0] * (k + 1))
+    x = np.linspace(-1.0, 1.0, 41, endpoint=False)
+    b = np.asarray(_basis_at(jnp.asarray(x), jnp.asarray(t), k))
+    np.testing.assert_allclose(b, _np_design(x, t, k), atol=1e-14)
+    np.testing.assert_allclose(b.sum(-1), 1.0, atol=1e-13)
+    d = np.asarray(
+        jax.jit(
+            jax.vmap(jax.jacfwd(kan.bspline), in_axes=(0, None, None)),
+            static_argnums=2,
+        )(jnp.asarray(x), jnp.asarray(t), k)
+    )
+    if k == 0:
+        np.testing.assert_array_equal(d, 0.0)
+        return
+    low = _np_design(x, t, k - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.where(t[k:-1] > t[: -k - 1], k / (t[k:-1] - t[: -k - 1]), 0.0)
+        right = np.where(t[k + 1 :] > t[1:-k], k / (t[k + 1 :] - t[1:-k]), 0.0)
+    np.testing.assert_allclose(d, left * low[:, :-1] - right * low[:, 1:], atol=1e-12)
+
+
 def test_bspline_derivatives_match_finite_differences(x64):
     # bspline's derivative is hand-given (a custom JVP); check it, its reverse mode and
     # its second derivative against central differences of the values, on non-uniform
