@@ -81,8 +81,12 @@ def lbfgs(
         optim = optax.lbfgs(
             linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20)
         )
-    else:
+    elif linesearch == "zoom":
         optim = optax.lbfgs()
+    else:
+        raise ValueError(
+            f'`linesearch` must be "backtracking" or "zoom", got {linesearch!r}.'
+        )
 
     def step(carry, _):
         v, state = carry
