@@ -89,9 +89,8 @@ def _reciprocal(den: Array) -> Array:
     return jnp.where(zero, 0.0, 1 / jnp.where(zero, 1.0, den))
 
 
-def _recursion(x: Array, t: Array, order: int) -> tuple[Array, tuple[Array, ...]]:
-    """The order-`order` splines, and the order `order - 1` ones `B_{i,k-1}` and
-    `B_{i+1,k-1}` (for the derivative).
+def _recursion(x: Array, t: Array, order: int) -> tuple[Array, Array]:
+    """The order-`order` splines and their derivatives in `x`.
 
     Written window by window: `T[r][i] = t[i + r]`, `r = 0, ..., order + 1`, are the
     knots that spline `i` depends on, and level `p` of the recursion is kept as the
@@ -102,6 +101,10 @@ def _recursion(x: Array, t: Array, order: int) -> tuple[Array, tuple[Array, ...]
     lowest level 2^order times per output, and the loop does not vectorise. For cubic
     splines under a batch of points this form is 11x faster on one CPU core
     (3.4 -> 0.30 ms for 1024 x 32 points).
+
+    The derivative is the closed form `B'_{i,k} = k (B_{i,k-1} / (t_{i+k} - t_i)
+    - B_{i+1,k-1} / (t_{i+k+1} - t_{i+1}))`, from the last level's inputs and knot
+    differences.
     """
     size = t.shape[-1] - order - 1
     window = [t[r : r + size] for r in range(order + 2)]
@@ -109,17 +112,20 @@ def _recursion(x: Array, t: Array, order: int) -> tuple[Array, tuple[Array, ...]
         ((x >= window[r]) & (x < window[r + 1])).astype(jnp.result_type(x, t))
         for r in range(order + 1)
     ]
-    lower = levels
+    slope = jnp.zeros_like(levels[0])
     for p in range(1, order + 1):
-        lower = levels
+        left = [_reciprocal(window[r + p] - window[r]) for r in range(order + 1 - p)]
+        right = [
+            _reciprocal(window[r + p + 1] - window[r + 1]) for r in range(order + 1 - p)
+        ]
+        if p == order:
+            slope = p * (left[0] * levels[0] - right[0] * levels[1])
         levels = [
-            (x - window[r]) * _reciprocal(window[r + p] - window[r]) * levels[r]
-            + (window[r + p + 1] - x)
-            * _reciprocal(window[r + p + 1] - window[r + 1])
-            * levels[r + 1]
+            (x - window[r]) * left[r] * levels[r]
+            + (window[r + p + 1] - x) * right[r] * levels[r + 1]
             for r in range(order + 1 - p)
         ]
-    return levels[0], tuple(lower)
+    return levels[0], slope
 
 
 @ft.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -129,21 +135,13 @@ def _bspline(x: Array, t: Array, order: int) -> Array:
 
 @_bspline.defjvp
 def _bspline_jvp(order, primals, tangents):
-    # The derivative in closed form, B'_{i,k} = k (B_{i,k-1} / (t_{i+k} - t_i)
-    # - B_{i+1,k-1} / (t_{i+k+1} - t_{i+1})), from the order k - 1 splines the
-    # recursion computes anyway: differentiating through the recursion instead cost
-    # 40% of a KAN training step. The knots are constants here (stop_gradient'ed by
-    # the caller), so their tangent is not used.
+    # The derivative in closed form (see `_recursion`), from the order k - 1 splines
+    # the recursion computes anyway: differentiating through the recursion instead
+    # cost 40% of a KAN training step. The knots are constants here (stop_gradient'ed
+    # by the caller), so their tangent is not used.
     x, t = primals
     dx, _ = tangents
-    b, lower = _recursion(x, t, order)
-    if order == 0:
-        return b, jnp.zeros_like(b)
-    k, size = order, b.shape[-1]
-    slope = k * (
-        _reciprocal(t[k : k + size] - t[:size]) * lower[0]
-        - _reciprocal(t[k + 1 : k + 1 + size] - t[1 : 1 + size]) * lower[1]
-    )
+    b, slope = _recursion(x, t, order)
     return b, slope * dx
 
 
