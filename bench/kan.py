@@ -123,29 +123,38 @@ def ours_setup(model, x, y):
     constants), compiled ahead of time. `eqx.filter_jit` would re-partition the model
     on every call, about 0.5 ms of Python per step, which is most of a [2, 5, 1] step.
     """
-    optim = optax.adam(LR)
     params, static = eqx.partition(model, ours_spec(model))
     arrays, skeleton = eqx.partition(static, eqx.is_array)
+
+    def loss(params, arrays, x, y):
+        pred = jax.vmap(eqx.combine(params, arrays, skeleton))(x)
+        return jnp.mean((pred - y) ** 2)
+
+    return adam_step(loss, params, arrays, x, y)
+
+
+def adam_step(loss, params, fixed, x, y):
+    """The step both JAX libraries are timed with: `loss(params, fixed, x, y)` under
+    one `jax.jit` with the parameters and Adam's state donated, compiled ahead of
+    time. Returns `(run, (params, state), compile_s, XLA temp bytes)`, where
+    `run(params, state)` returns `(params, state, loss)`."""
+    optim = optax.adam(LR)
     state = optim.init(params)
 
-    def step(params, state, arrays, x, y):
-        def loss(params):
-            pred = jax.vmap(eqx.combine(params, arrays, skeleton))(x)
-            return jnp.mean((pred - y) ** 2)
-
-        value, grads = jax.value_and_grad(loss)(params)
+    def step(params, state, fixed, x, y):
+        value, grads = jax.value_and_grad(loss)(params, fixed, x, y)
         updates, state = optim.update(grads, state, params)
         return optax.apply_updates(params, updates), state, value
 
     x, y = jnp.asarray(x), jnp.asarray(y)
     jitted = jax.jit(step, donate_argnums=(0, 1))
     t0 = time.perf_counter()
-    compiled = jitted.lower(params, state, arrays, x, y).compile()
+    compiled = jitted.lower(params, state, fixed, x, y).compile()
     compile_s = time.perf_counter() - t0
     temp = compiled.memory_analysis().temp_size_in_bytes
 
     def run(params, state):
-        return compiled(params, state, arrays, x, y)
+        return compiled(params, state, fixed, x, y)
 
     return run, (params, state), compile_s, temp
 
@@ -267,29 +276,12 @@ def jaxkan_setup(net, x, y):
     """The functional NNX step: `(compiled step, args, compile_s, XLA temp bytes)`."""
     from flax import nnx
 
-    optim = optax.adam(LR)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    state = optim.init(params)
 
     def loss(params, rest, x, y):
         return jnp.mean((nnx.merge(graphdef, params, rest)(x) - y) ** 2)
 
-    def step(params, state, rest, x, y):
-        value, grads = jax.value_and_grad(loss)(params, rest, x, y)
-        updates, state = optim.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, value
-
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    t0 = time.perf_counter()
-    compiled = jitted.lower(params, state, rest, x, y).compile()
-    compile_s = time.perf_counter() - t0
-    temp = compiled.memory_analysis().temp_size_in_bytes
-
-    def run(params, state):
-        return compiled(params, state, rest, x, y)
-
-    return run, (params, state), compile_s, temp
+    return adam_step(loss, params, rest, x, y)
 
 
 def jaxkan_nnx_step(net, x, y):
